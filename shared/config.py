@@ -1,0 +1,86 @@
+"""Typed settings, one frozen class per service, read from `TONGDA_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseModel):
+    """Topic names: the contract's defaults plus tongda's internal topics."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requested: str = "notifications.requested"
+    profiles: str = "customers.profiles"
+    inquiries: str = "inquiries.received"
+    status: str = "notifications.status"
+    audit: str = "comms.audit"
+    escalated: str = "inquiries.escalated"
+    deadletter: str = "notifications.deadletter"
+    router_inbox: str = "tongda.router.inbox"
+    dispatch_prefix: str = "tongda.dispatch."
+
+    def dispatch(self, channel: str) -> str:
+        return f"{self.dispatch_prefix}{channel}"
+
+
+class CommonSettings(BaseSettings):
+    """What every tongda service reads. Nested values use `__`, e.g. TONGDA_TOPICS__AUDIT."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TONGDA_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_client_id: str = "tongda"
+    kafka_request_timeout_ms: int = 30_000
+    kafka_fetch_max_wait_ms: int = 10
+    kafka_max_poll_records: int = 2_000
+    kafka_max_request_bytes: int = 8 * 1024 * 1024
+    kafka_topic_partitions: int = 4
+    kafka_replication_factor: int = 1
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_socket_timeout_s: float = 5.0
+    redis_connect_timeout_s: float = 5.0
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    drain_timeout_s: float = 20.0
+    topics: Topics = Field(default_factory=Topics)
+    key_prefix: str = "tongda:"
+
+
+class RouterSettings(CommonSettings):
+    """The router: HTTP API, routing plans, state retention, scheduler."""
+
+    http_port: int = 8080
+    api_token: SecretStr = SecretStr("change-me")
+    plans_path: Path | None = None  # None: the shipped services/router/plans.yaml
+    consumer_group: str = "tongda-router"
+    faust_app_id: str = "tongda-router"
+    retention_s: int = 7 * 24 * 3600
+    timeline_max_records: int = 500
+    scheduler_interval_s: float = 0.2
+    scheduler_lease_s: float = 30.0
+    scheduler_batch: int = 500
+
+
+class ChannelSettings(CommonSettings):
+    """A channel service (sms, email, push, voice) and its provider."""
+
+    channel: Literal["sms", "email", "push", "voice"] = "sms"
+    provider: Literal["sandbox"] = "sandbox"
+    consumer_group: str = ""  # "" → tongda-<channel>
+    max_in_flight: int = 256
+    dedupe_ttl_s: int = 7 * 24 * 3600
+    sandbox_time_scale: float = 1.0  # multiplies the sandbox's realistic delays
+    sandbox_ledger: bool = True  # record every send reaching the sandbox in Redis
+
+    @property
+    def group(self) -> str:
+        return self.consumer_group or f"tongda-{self.channel}"

@@ -1,0 +1,94 @@
+"""Kafka clients configured one way for every service, and the dead-letter helper.
+
+Producers use acks=all without idempotence (tongda makes its sends idempotent itself, see
+docs/architecture.md); consumers never auto-commit: offsets are committed after the state a
+batch produced is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from shared.config import CommonSettings
+from shared.errors import InvalidEvent
+from shared.metrics import DEADLETTERS
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        max_request_size=settings.kafka_max_request_bytes,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        retry_backoff_ms=200,
+    )
+
+
+def make_consumer(
+    settings: CommonSettings, group_id: str, topics: Sequence[str], client_id: str
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        max_poll_records=settings.kafka_max_poll_records,
+        max_partition_fetch_bytes=settings.kafka_max_request_bytes,
+        fetch_max_bytes=4 * settings.kafka_max_request_bytes,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        rebalance_timeout_ms=10_000,
+        retry_backoff_ms=200,
+    )
+
+
+def deadletter_headers(msg: ConsumerRecord[bytes, bytes], error: InvalidEvent) -> Headers:
+    return [
+        *[(k, v) for k, v in (msg.headers or ()) if k not in ("error", "error-detail")],
+        ("error", error.code.encode()),
+        ("error-detail", error.detail[:4000].encode()),
+        ("source-topic", msg.topic.encode()),
+        ("source-partition", str(msg.partition).encode()),
+        ("source-offset", str(msg.offset).encode()),
+    ]
+
+
+async def send_deadletter(
+    producer: AIOKafkaProducer,
+    settings: CommonSettings,
+    msg: ConsumerRecord[bytes, bytes],
+    error: InvalidEvent,
+    service: str,
+) -> None:
+    """Send the original bytes with the reason; awaited, so it is durable before a commit."""
+    DEADLETTERS.labels(service=service, error=error.code).inc()
+    log.warning(
+        "dead-lettered %s[%d]@%d: %s",
+        msg.topic,
+        msg.partition,
+        msg.offset,
+        error.code,
+        extra={"error_detail": error.detail[:500]},
+    )
+    await producer.send_and_wait(
+        settings.topics.deadletter,
+        value=msg.value,
+        key=msg.key,
+        headers=deadletter_headers(msg, error),
+    )

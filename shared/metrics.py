@@ -1,0 +1,88 @@
+"""Prometheus metrics shared by every service. Labels never carry customer data."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+EVENTS_CONSUMED = Counter(
+    "tongda_events_consumed_total",
+    "Kafka records consumed, by service and topic.",
+    ["service", "topic"],
+)
+DEADLETTERS = Counter(
+    "tongda_deadletters_total",
+    "Records sent to the dead-letter topic, by service and error code.",
+    ["service", "error"],
+)
+BATCH_SECONDS = Histogram(
+    "tongda_batch_duration_seconds",
+    "Time to process one consumed batch end to end (state, produce, commit).",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "tongda_batch_size_records",
+    "Records per consumed batch.",
+    ["service"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+NOTIFICATIONS_FINAL = Counter(
+    "tongda_notifications_final_total",
+    "Notifications that reached a final status, by type and status.",
+    ["type", "status"],
+)
+NOTIFICATION_SECONDS = Histogram(
+    "tongda_notification_duration_seconds",
+    "From occurred_at to final status, by type and status.",
+    ["type", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+ATTEMPTS = Counter(
+    "tongda_attempts_total",
+    "Attempt outcomes seen by the router, by channel and outcome.",
+    ["channel", "outcome"],
+)
+FALLBACKS = Counter(
+    "tongda_fallbacks_total",
+    "Moves from one plan step to the next, by the channel left and the reason.",
+    ["channel", "reason"],
+)
+DISPATCH_SECONDS = Histogram(
+    "tongda_dispatch_latency_seconds",
+    "From the router's dispatch to the channel service taking the attempt, by channel.",
+    ["channel"],
+    buckets=LATENCY_BUCKETS,
+)
+PROVIDER_SENDS = Counter(
+    "tongda_provider_sends_total",
+    "Attempts handed to a provider, by channel and provider.",
+    ["channel", "provider"],
+)
+PROVIDER_OUTCOMES = Counter(
+    "tongda_provider_outcomes_total",
+    "Canonical outcomes reported by providers, by channel and outcome.",
+    ["channel", "outcome"],
+)
+PROVIDER_SECONDS = Histogram(
+    "tongda_provider_outcome_seconds",
+    "From handing an attempt to the provider to its outcome, by channel and provider.",
+    ["channel", "provider"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "tongda_attempts_in_flight",
+    "Attempts handed to a provider and waiting for their outcome, by channel.",
+    ["channel"],
+)
+TIMERS_DUE = Counter(
+    "tongda_timers_fired_total",
+    "Scheduled work that came due, by kind.",
+    ["kind"],
+)
+HTTP_REQUESTS = Counter(
+    "tongda_http_requests_total",
+    "HTTP requests, by route and status code.",
+    ["route", "code"],
+)

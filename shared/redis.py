@@ -1,0 +1,40 @@
+"""Redis client wiring: explicit timeouts, retries on connection errors, health checks.
+
+One pool per process. redis-py's asyncio connections are returned to the pool in a
+`finally`, and a connection whose command was cancelled mid-flight is disconnected rather
+than reused, so a cancelled task never hands a half-read reply to the next caller.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.config import CommonSettings
+
+
+def make_redis(settings: CommonSettings) -> Redis:
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_keepalive=True,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        decode_responses=False,
+        max_connections=64,
+    )
+
+
+class Script:
+    """A Lua script loaded once and called by EVALSHA (redis-py falls back to EVAL)."""
+
+    def __init__(self, redis: Redis, path: Path) -> None:
+        self.source = path.read_text()
+        self.script = redis.register_script(self.source)

@@ -1,0 +1,100 @@
+"""Every topic tongda uses, with its partitions and configuration, created explicitly.
+
+Run `python -m shared.topics` to create them (deploy job, dev scripts); services check at
+start-up that their topics exist and refuse to run on a broker that lacks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.config import CommonSettings
+from shared.contract.models import CHANNELS
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
+    t = settings.topics
+    n = settings.kafka_topic_partitions
+    big = {"max.message.bytes": str(settings.kafka_max_request_bytes)}
+    specs = [
+        TopicSpec(t.requested, n, big),
+        TopicSpec(t.profiles, n, {"cleanup.policy": "compact"}),
+        TopicSpec(t.inquiries, n),
+        TopicSpec(t.status, n),
+        TopicSpec(t.audit, n),
+        TopicSpec(t.escalated, n),
+        TopicSpec(t.deadletter, n, big),
+        TopicSpec(t.router_inbox, n),
+    ]
+    specs += [TopicSpec(t.dispatch(ch), n) for ch in CHANNELS]
+    return specs
+
+
+async def ensure_topics(settings: CommonSettings) -> list[str]:
+    """Create every missing topic; return the names created. Existing ones are left alone."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.kafka_client_id}-admin",
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in topic_specs(settings) if s.name not in existing]
+        if not missing:
+            return []
+        resp = await admin.create_topics(
+            [
+                NewTopic(s.name, s.partitions, settings.kafka_replication_factor, topic_configs=s.config)
+                for s in missing
+            ]
+        )
+        created = []
+        for name, code, message in resp.topic_errors:
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                raise ConfigError(f"cannot create topic {name}: error {code} {message}")
+            if code == 0:
+                created.append(name)
+        return created
+    finally:
+        await admin.close()
+
+
+async def missing_topics(settings: CommonSettings, names: list[str]) -> list[str]:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    return [n for n in names if n not in existing]
+
+
+def main() -> None:
+    logging.basicConfig(level="INFO", format="%(message)s")
+    settings = CommonSettings()
+    created = asyncio.run(ensure_topics(settings))
+    print(f"topics created: {', '.join(created) if created else 'none (all present)'}")
+
+
+if __name__ == "__main__":
+    main()
