@@ -76,6 +76,16 @@ IN_FLIGHT = Gauge(
     "Attempts handed to a provider and waiting for their outcome, by channel.",
     ["channel"],
 )
+DUPLICATE_DISPATCHES = Counter(
+    "tongda_duplicate_dispatches_total",
+    "Dispatches not handed to the provider because that attempt was already handed over.",
+    ["channel"],
+)
+UNMATCHED_RECEIPTS = Counter(
+    "tongda_unmatched_receipts_total",
+    "Provider receipts matching no known attempt (already reported, or forgotten).",
+    ["channel", "provider"],
+)
 TIMERS_DUE = Counter(
     "tongda_timers_fired_total",
     "Scheduled work that came due, by kind.",
@@ -85,4 +95,9 @@ HTTP_REQUESTS = Counter(
     "tongda_http_requests_total",
     "HTTP requests, by route and status code.",
     ["route", "code"],
+)
+STALE_EVENTS = Counter(
+    "tongda_stale_events_total",
+    "Inbox events that changed nothing (duplicate outcome, timer for a step already left).",
+    ["reason"],
 )

@@ -1,0 +1,1 @@
+"""tongda's services: the router and the four channel services."""

@@ -1,0 +1,1 @@
+"""The router: plans each notification, applies contact policy, dispatches and falls back."""

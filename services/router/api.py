@@ -1,0 +1,139 @@
+"""The router's HTTP API (docs/CONTRACT.md "HTTP (router)"): submit and inspect notifications."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from services.router.plans import PlanBook
+from services.router.state import NotificationState
+from services.router.store import Keys
+from shared.config import RouterSettings
+from shared.contract.codec import MAX_VALUE_BYTES, check_schema, validate
+from shared.contract.models import NotificationRequested
+from shared.errors import InvalidEvent
+from shared.http import (
+    READINESS_CHECKS,
+    ReadinessCheck,
+    add_ops_routes,
+    bearer_auth,
+    error_middleware,
+    json_error,
+)
+from shared.masking import mask_address
+
+SETTINGS = web.AppKey("settings", RouterSettings)
+PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+REDIS = web.AppKey("redis", Any)
+PLANS = web.AppKey("plans", PlanBook)
+KEYS = web.AppKey("keys", Keys)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+async def post_notification(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    body = await request.read()
+    if len(body) > MAX_VALUE_BYTES:
+        return json_error(413, "too_large", f"body is over {MAX_VALUE_BYTES} bytes")
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return json_error(400, "malformed_json", str(exc))
+    if not isinstance(obj, dict):
+        return json_error(400, "malformed_json", "body must be a JSON object")
+    obj.setdefault("schema", "notification.requested/v1")
+    try:
+        check_schema(obj, "notification.requested/v1")
+        req = validate(obj, NotificationRequested)
+    except InvalidEvent as exc:
+        field = exc.detail.split(":", 1)[0] if exc.code == "invalid_fields" else "schema"
+        return json_error(400, exc.code, exc.detail, field=field)
+    if request.app[PLANS].get(req.type) is None:
+        return json_error(400, "unknown_type", f"type: {req.type!r} has no routing plan",
+                          field="type")
+    await request.app[PRODUCER].send_and_wait(
+        settings.topics.requested, value=orjson.dumps(obj), key=req.customer_id.encode()
+    )
+    return web.json_response({"id": req.id}, status=202, dumps=_dumps)
+
+
+def state_view(state: NotificationState) -> dict[str, Any]:
+    """What the API shows of a notification: no raw addresses."""
+    leg = state.legs[state.leg] if state.legs and not state.final else None
+    return {
+        "id": state.id,
+        "customer_id": state.customer_id,
+        "type": state.type,
+        "category": state.category,
+        "priority": state.priority,
+        "status": state.status,
+        "channel": state.channel,
+        "current": None if leg is None else {
+            "channel": leg.channel,
+            "recipient": mask_address(leg.channel, leg.address),
+            "attempt": state.attempt,
+            "phase": state.phase,
+        },
+        "plan": [
+            {"channel": lg.channel, "recipient": mask_address(lg.channel, lg.address),
+             "target": lg.kind}
+            for lg in state.legs
+        ],
+        "attempts": [a.model_dump(mode="json", exclude={"leg"}) for a in state.attempts],
+        "occurred_at": state.occurred_at.isoformat(),
+        "received_at": state.received_at.isoformat(),
+        "completed_at": state.completed_at.isoformat() if state.completed_at else None,
+    }
+
+
+async def get_notification(request: web.Request) -> web.Response:
+    nid = request.match_info["id"]
+    raw = await request.app[REDIS].hget(request.app[KEYS].state(nid), "s")
+    if raw is None:
+        return json_error(404, "not_found", f"no notification with id {nid!r}")
+    state = NotificationState.model_validate_json(raw)
+    return web.json_response(state_view(state), dumps=_dumps)
+
+
+async def get_timeline(request: web.Request) -> web.Response:
+    cid = request.match_info["customer_id"]
+    try:
+        limit = min(int(request.query.get("limit", "100")), 1000)
+        if limit < 1:
+            raise ValueError
+    except ValueError:
+        return json_error(400, "invalid_query", "limit must be an integer from 1 to 1000",
+                          field="limit")
+    raw = await request.app[REDIS].lrange(request.app[KEYS].timeline(cid), 0, limit - 1)
+    records = [orjson.loads(r) for r in raw]
+    return web.json_response({"customer_id": cid, "records": records}, dumps=_dumps)
+
+
+def create_api(
+    settings: RouterSettings,
+    producer: AIOKafkaProducer,
+    redis: Any,
+    plans: PlanBook,
+    checks: list[tuple[str, ReadinessCheck]],
+) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, bearer_auth(settings.api_token.get_secret_value())],
+        client_max_size=MAX_VALUE_BYTES + 1024,
+    )
+    app[SETTINGS] = settings
+    app[PRODUCER] = producer
+    app[REDIS] = redis
+    app[PLANS] = plans
+    app[KEYS] = Keys(settings.key_prefix)
+    app[READINESS_CHECKS] = checks
+    app.router.add_post("/v1/notifications", post_notification)
+    app.router.add_get("/v1/notifications/{id}", get_notification)
+    app.router.add_get("/v1/customers/{customer_id}/timeline", get_timeline)
+    add_ops_routes(app)
+    return app

@@ -1,0 +1,81 @@
+"""Routing plans: which channels a notification `type` tries, in which order, with what limits.
+
+Plans are read from YAML (the shipped `plans.yaml` or `TONGDA_PLANS_PATH`) and validated at
+start-up, so a typo stops the router with the file and field named instead of misrouting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.contract.codec import describe_validation_error
+from shared.contract.models import Category, Channel
+from shared.errors import ConfigError
+
+SHIPPED_PLANS = Path(__file__).with_name("plans.yaml")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Step(_Frozen):
+    channel: Channel
+    target: Literal["borrower", "backup_contacts"] = "borrower"
+    relations: list[str] = Field(default_factory=list)
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1, le=10)
+    retry_delay_s: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _backup_is_phone_or_email(self) -> Step:
+        if self.target == "backup_contacts" and self.channel not in ("voice", "sms", "email"):
+            raise ValueError("backup_contacts can be reached by voice, sms or email only")
+        return self
+
+
+class Plan(_Frozen):
+    category: Category
+    steps: list[Step] = Field(min_length=1)
+
+
+class Defaults(_Frozen):
+    timeout_s: dict[Channel, float] = Field(
+        default_factory=lambda: {"sms": 120.0, "email": 300.0, "push": 60.0, "voice": 90.0}
+    )
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    retry_delay_s: float = Field(default=1.0, ge=0)
+
+
+class PlanBook(_Frozen):
+    defaults: Defaults = Field(default_factory=Defaults)
+    plans: dict[str, Plan] = Field(min_length=1)
+
+    def get(self, type_: str) -> Plan | None:
+        return self.plans.get(type_)
+
+    def timeout_s(self, step: Step) -> float:
+        return step.timeout_s or self.defaults.timeout_s.get(step.channel, 120.0)
+
+    def max_attempts(self, step: Step) -> int:
+        return step.max_attempts or self.defaults.max_attempts
+
+    def retry_delay_s(self, step: Step) -> float:
+        return self.defaults.retry_delay_s if step.retry_delay_s is None else step.retry_delay_s
+
+
+def load_plans(path: Path | None = None) -> PlanBook:
+    """Read and validate a plan file; raise ConfigError naming the file and the bad fields."""
+    path = path or SHIPPED_PLANS
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read routing plans {path}: {exc}") from exc
+    try:
+        return PlanBook.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid routing plans {path}: {describe_validation_error(exc)}") from exc

@@ -1,0 +1,64 @@
+"""The durable scheduler: work due later (step timeouts, retries, deferrals, expiry).
+
+Transitions add members to a Redis sorted set scored by due time, in the same Lua call as
+the state. `Scheduler.tick` claims due members with a lease, publishes a `tongda.timer/v1`
+event for each to the router inbox (so the owning partition applies it like any outcome),
+then releases them. A router that dies after claiming leaves work that comes due again when
+the lease ends; a timer event delivered twice is stale the second time and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from services.router.store import Store
+from shared.config import RouterSettings
+from shared.contract.codec import dumps
+from shared.contract.models import TimerFired
+from shared.metrics import TIMERS_DUE
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, settings: RouterSettings, store: Store, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.store = store
+        self.producer = producer
+
+    async def tick(self) -> int:
+        """Publish every piece of work due now; return how many."""
+        fired = 0
+        while True:
+            now = time.time()
+            lease_until = now + self.settings.scheduler_lease_s
+            due = await self.store.claim_due(now, lease_until, self.settings.scheduler_batch)
+            if not due:
+                return fired
+            futures = []
+            members = []
+            for member, score in due:
+                try:
+                    kind, cid, nid, leg, attempt = orjson.loads(member)
+                    event = TimerFired(kind=kind, notification_id=nid, customer_id=cid,
+                                       leg=leg, attempt=attempt,
+                                       due_at=datetime.fromtimestamp(score, UTC))
+                except (ValueError, TypeError):
+                    log.error("dropping an unreadable scheduler entry")
+                    members.append(member)
+                    continue
+                futures.append(await self.producer.send(
+                    self.settings.topics.router_inbox, value=dumps(event), key=cid.encode()))
+                members.append(member)
+                TIMERS_DUE.labels(kind=kind).inc()
+            await asyncio.gather(*futures)
+            await self.store.release(lease_until, members)
+            fired += len(futures)
+            if len(due) < self.settings.scheduler_batch:
+                return fired

@@ -1,0 +1,136 @@
+"""The router's Redis layout and its atomic operations (Lua, called by EVALSHA).
+
+Keys (prefix `tongda:` by default):
+  n:{notification_id}      hash v (version), s (state JSON)        expires after retention
+  cn:{customer_id}         set of the customer's notification ids  (for erasure)
+  tl:{customer_id}         list of comms.record JSON, newest first (timeline)
+  profile:{customer_id}    customer.profile/v1 JSON as last received
+  timers                   zset member → due epoch seconds (the durable scheduler)
+  outbox:{topic}:{part}    hash effect id → record not yet acknowledged by the broker
+  outpos:{topic}:{part}    hash out-topic:partition → offset to scan from on recovery
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+_LUA = Path(__file__).with_name("lua")
+_SCRIPTS = ("apply", "erase", "claim", "release")
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def state(self, notification_id: str) -> str:
+        return f"{self.prefix}n:{notification_id}"
+
+    def customer_notifications(self, customer_id: str) -> str:
+        return f"{self.prefix}cn:{customer_id}"
+
+    def timeline(self, customer_id: str) -> str:
+        return f"{self.prefix}tl:{customer_id}"
+
+    def profile(self, customer_id: str) -> str:
+        return f"{self.prefix}profile:{customer_id}"
+
+    @property
+    def timers(self) -> str:
+        return f"{self.prefix}timers"
+
+    def outbox(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}outbox:{topic}:{partition}"
+
+    def outpos(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}outpos:{topic}:{partition}"
+
+
+@dataclass
+class Transition:
+    """Everything one notification's transition writes, applied by apply.lua in one call."""
+
+    notification_id: str
+    customer_id: str
+    expected_version: int
+    state_json: bytes
+    outbox_key: str
+    outbox: list[tuple[str, bytes]]
+    timers_add: list[tuple[str, float]]
+    timers_del: list[str]
+    timeline: list[bytes]
+
+
+class Store:
+    """Redis operations of the router. Callers pipeline them per batch."""
+
+    def __init__(self, redis: Redis, prefix: str, retention_s: int, timeline_max: int) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self.retention_s = retention_s
+        self.timeline_max = timeline_max
+        self._sources = {n: (_LUA / f"{n}.lua").read_text() for n in _SCRIPTS}
+        self._sha: dict[str, str] = {}
+
+    async def load_scripts(self) -> None:
+        """Load every script (again after a Redis restart lost them: NOSCRIPT)."""
+        for name, source in self._sources.items():
+            self._sha[name] = str(await self.redis.script_load(source))
+
+    def _call(self, client: Redis | Pipeline, name: str, keys: Sequence[str],
+              args: Sequence[str | bytes | int | float]) -> Any:
+        return client.evalsha(self._sha[name], len(keys), *keys, *args)  # type: ignore[arg-type]
+
+    def apply(self, pipe: Pipeline, t: Transition) -> None:
+        k = self.keys
+        args: list[str | bytes | int | float] = [
+            t.expected_version,
+            t.state_json,
+            t.expected_version + 1,
+            self.retention_s,
+            self.timeline_max,
+            t.notification_id,
+            len(t.outbox),
+        ]
+        for effect_id, blob in t.outbox:
+            args += [effect_id, blob]
+        args.append(len(t.timers_add))
+        for member, score in t.timers_add:
+            args += [member, f"{score:.3f}"]
+        args.append(len(t.timers_del))
+        args += t.timers_del
+        args.append(len(t.timeline))
+        args += t.timeline
+        keys = [
+            k.state(t.notification_id),
+            t.outbox_key,
+            k.timers,
+            k.timeline(t.customer_id),
+            k.customer_notifications(t.customer_id),
+        ]
+        self._call(pipe, "apply", keys, args)
+
+    def erase_customer(self, pipe: Pipeline, customer_id: str) -> None:
+        k = self.keys
+        keys = [k.profile(customer_id), k.timeline(customer_id),
+                k.customer_notifications(customer_id)]
+        self._call(pipe, "erase", keys, [k.state("")])
+
+    async def claim_due(self, now: float, lease_until: float, limit: int) -> list[tuple[str, float]]:
+        flat = await self._call(
+            self.redis, "claim", [self.keys.timers], [f"{now:.3f}", f"{lease_until:.3f}", limit]
+        )
+        return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def release(self, lease_until: float, members: Sequence[str]) -> int:
+        if not members:
+            return 0
+        return int(
+            await self._call(self.redis, "release", [self.keys.timers],
+                             [f"{lease_until:.3f}", *members])
+        )
