@@ -1,0 +1,148 @@
+"""Helpers for router tests: an isolated engine (own topics, key prefix, group) on the real
+broker and Redis, and readers that await records on a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from redis.asyncio import Redis
+
+from services.router.engine import RecoveringListener, RouterEngine
+from services.router.machine import Machine
+from services.router.outbox import Outbox
+from services.router.plans import load_plans
+from services.router.scheduler import Scheduler
+from services.router.store import Store
+from shared.config import RouterSettings, Topics
+from shared.contract.models import CHANNELS
+from shared.kafka import make_consumer, make_producer
+from shared.topics import ensure_topics
+
+
+def isolated_settings(broker: str, redis_url: str, **kw: Any) -> RouterSettings:
+    tag = uuid.uuid4().hex[:8]
+    t = Topics()
+    topics = Topics(**{name: f"{tag}.{value}" for name, value in t.model_dump().items()})
+    return RouterSettings(
+        kafka_bootstrap=broker, redis_url=redis_url, topics=topics, key_prefix=f"t{tag}:",
+        consumer_group=f"router-{tag}", kafka_topic_partitions=2, **kw,
+    )
+
+
+def output_topics(s: RouterSettings) -> list[str]:
+    t = s.topics
+    return [t.status, t.audit] + [t.dispatch(c) for c in CHANNELS]
+
+
+@dataclass
+class Harness:
+    settings: RouterSettings
+    redis: Redis
+    producer: AIOKafkaProducer
+    store: Store
+    outbox: Outbox
+    engine: RouterEngine
+    scheduler: Scheduler
+
+    async def publish(self, topic: str, value: bytes | dict[str, Any] | None,
+                      key: str = "c1") -> None:
+        raw = orjson.dumps(value) if isinstance(value, dict) else value
+        await self.producer.send_and_wait(topic, raw, key=key.encode())
+
+
+@asynccontextmanager
+async def engine_harness(broker: str, redis_url: str, *, run: bool = True,
+                         plans: Path | None = None, **kw: Any) -> AsyncIterator[Harness]:
+    s = isolated_settings(broker, redis_url, plans_path=plans, **kw)
+    await ensure_topics(s)
+    redis = Redis.from_url(s.redis_url)
+    producer = make_producer(s, "test-router")
+    await producer.start()
+    store = Store(redis, s.key_prefix, s.retention_s, s.timeline_max_records)
+    await store.load_scripts()
+    outbox = Outbox(redis, producer, store.keys, s, output_topics(s))
+    engine = RouterEngine(s, redis, store, outbox, Machine(load_plans(plans)))
+    h = Harness(s, redis, producer, store, outbox, engine, Scheduler(s, store, producer))
+    stopping = asyncio.Event()
+    task = None
+    consumer = None
+    if run:
+        consumer = make_consumer(s, s.consumer_group, [], "test-router")
+        consumer.subscribe(engine.input_topics(), listener=RecoveringListener(outbox))
+        await consumer.start()
+        task = asyncio.create_task(engine.run(consumer, stopping))
+    try:
+        yield h
+    finally:
+        stopping.set()
+        if task is not None and consumer is not None:
+            await task
+            await consumer.stop()
+        await producer.stop()
+        await redis.aclose()
+
+
+class Reader:
+    """Reads topics from the beginning; `take` awaits records matching a predicate."""
+
+    def __init__(self, broker: str, *topics: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            *topics, bootstrap_servers=broker, group_id=None, auto_offset_reset="earliest",
+            fetch_max_wait_ms=20, enable_auto_commit=False,
+        )
+        self.seen: list[ConsumerRecord[bytes, bytes]] = []
+
+    async def __aenter__(self) -> Reader:
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def poll(self) -> None:
+        batch = await self.consumer.getmany(timeout_ms=100)
+        for msgs in batch.values():
+            self.seen.extend(msgs)
+
+    async def take(self, topic: str, count: int = 1, timeout_s: float = 20.0,
+                   where: Any = None) -> list[ConsumerRecord[bytes, bytes]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [m for m in self.seen if m.topic == topic and (where is None or where(m))]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(found)}/{count} records on {topic}")
+            await self.poll()
+
+    async def settle(self, quiet_s: float = 0.5) -> None:
+        """Read until the topics have been quiet for `quiet_s` (to show nothing more came)."""
+        last = len(self.seen)
+        deadline = time.monotonic() + quiet_s
+        while time.monotonic() < deadline:
+            await self.poll()
+            if len(self.seen) != last:
+                last = len(self.seen)
+                deadline = time.monotonic() + quiet_s
+
+
+def value(m: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    v: dict[str, Any] = orjson.loads(m.value)
+    return v
+
+
+def header(m: ConsumerRecord[bytes, bytes], name: str) -> str | None:
+    for k, v in m.headers or ():
+        if k == name:
+            return v.decode()
+    return None
