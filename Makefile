@@ -1,0 +1,83 @@
+# tongda: developer and CI entry points. GNU make; works on a fresh Debian machine as root.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export PYTHONDONTWRITEBYTECODE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench schemas clean
+
+help: ## list the targets
+	@echo "tongda — make targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+	  | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## system packages: redis-server (apt-get, only when missing)
+	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then \
+	  echo "redis-server not found: installing it with apt-get"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
+	fi
+	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+	  echo "$(PYTHON) has no venv/ensurepip: installing python3-venv with apt-get"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv; \
+	fi
+
+venv: $(STAMP) ## the project's virtualenv (.venv), rebuilt when pyproject.toml or constraints.txt change
+
+$(STAMP): pyproject.toml constraints.txt | deps
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else \
+	  "tongda needs Python 3.11; $(PYTHON) is %d.%d (run make PYTHON=/path/to/python3.11)" % v)'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]' -c constraints.txt
+	@touch $@
+
+demo: $(STAMP) ## run the scripted demo on its own stack (free ports), print the summary, stop it
+	$(PY) -m tools.demo
+
+up: $(STAMP) ## start broker, Redis, router and channels in the background (.run/env, .run/pids)
+	$(PY) -m tools.devstack up
+
+down: ## stop what `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m tools.devstack down; else $(PYTHON) -m tools.devstack down; fi
+
+status: ## show what `make up` started and whether it answers
+	@if [ -x $(PY) ]; then $(PY) -m tools.devstack status; else $(PYTHON) -m tools.devstack status; fi
+
+test: lint typecheck ## lint + typecheck + the tests not marked slow
+	@$(MAKE) pytest PYTEST_MARK='not slow'
+
+test-all: lint typecheck ## lint + typecheck + every test, slow fault-injection suites included
+	@$(MAKE) pytest PYTEST_MARK=''
+
+# pytest's exit code 5 means "no test collected"; that is not a failure of the run.
+pytest: $(STAMP)
+	@rc=0; $(PY) -m pytest $(if $(PYTEST_MARK),-m '$(PYTEST_MARK)') $(PYTEST_ARGS) || rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+lint: $(STAMP) ## ruff check
+	$(PY) -m ruff check .
+
+typecheck: $(STAMP) ## mypy (strict; config in pyproject.toml) on shared, services and tools
+	$(PY) -m mypy
+	$(PY) -m mypy -p tools
+
+bench: $(STAMP) ## throughput/latency benchmark (tools.bench)
+	$(PY) -m tools.bench
+
+schemas: $(STAMP) ## export the contract's JSON Schemas (tools.export_schemas)
+	$(PY) -m tools.export_schemas
+
+clean: ## stop a running `make up` stack, remove .run, caches and build output (keeps .venv)
+	@if [ -f .run/pids ]; then $(MAKE) down; fi
+	rm -rf .run .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
