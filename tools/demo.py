@@ -1,0 +1,446 @@
+"""The scripted demo: borrower events in, one final status per notification out.
+
+`python -m tools.demo` starts its own stack (free ports, logs under .run/demo-logs/),
+publishes the customer profiles of tools/scenarios.py to `customers.profiles`, then their
+notification.requested/v1 events (and a few invalid ones) to `notifications.requested`,
+reads `notifications.status` and `notifications.deadletter` until every notification has
+its final status, prints a summary and stops everything, also on Ctrl-C or failure.
+
+`--bootstrap HOST:PORT` runs the same script against a stack that is already up (e.g.
+`make up`; ids are unique per run). Exit status: 0 when every notification reached its
+expected final status exactly once and every invalid event was dead-lettered, else 1.
+Phone numbers and emails are masked in everything printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shared.config import Topics
+from shared.masking import scrub
+from tools.devstack import DEFAULT_RUN_DIR, DevstackError, Stack
+from tools.scenarios import (
+    INVALID,
+    SCENARIOS,
+    InvalidScenario,
+    Scenario,
+    build_event,
+    build_invalid,
+    build_profile,
+    new_run_id,
+    path_text,
+)
+
+Print = Callable[[str], None]
+
+DEFAULT_DEADLINE_S = 90.0
+DEFAULT_SETTLE_S = 1.0
+DEFAULT_LINGER_S = 2.0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass
+class Seen:
+    """What the demo read back for its run."""
+
+    statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by notification id
+    deadletters: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # by record key
+    stray: int = 0  # records of this run that match no scenario
+
+
+@dataclass(frozen=True)
+class NotificationResult:
+    scenario: Scenario
+    statuses: tuple[dict[str, Any], ...]
+
+    @property
+    def status(self) -> str | None:
+        return str(self.statuses[0].get("status")) if self.statuses else None
+
+    @property
+    def attempts(self) -> list[dict[str, Any]]:
+        return list(self.statuses[0].get("attempts") or []) if self.statuses else []
+
+    @property
+    def path(self) -> list[tuple[str, str]]:
+        return [(str(a.get("channel")), str(a.get("outcome"))) for a in self.attempts]
+
+    @property
+    def ok(self) -> bool:
+        return len(self.statuses) == 1 and self.status == self.scenario.expected_status
+
+    @property
+    def path_ok(self) -> bool:
+        return self.scenario.path_matches(self.path)
+
+
+@dataclass(frozen=True)
+class DeadLetterResult:
+    scenario: InvalidScenario
+    records: tuple[dict[str, str], ...]
+
+    @property
+    def ok(self) -> bool:
+        want = self.scenario.expected_error
+        return bool(self.records) and (want is None or self.records[0].get("error") == want)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    run_id: str
+    notifications: tuple[NotificationResult, ...]
+    deadletters: tuple[DeadLetterResult, ...]
+    seen: Seen
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return (
+            all(n.ok for n in self.notifications)
+            and all(d.ok for d in self.deadletters)
+            and not self.seen.stray
+        )
+
+
+def _headers(raw: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    return {k: v.decode("utf-8", "replace") for k, v in (raw or ())}
+
+
+async def run_demo(
+    bootstrap: str,
+    *,
+    run_id: str | None = None,
+    topics: Topics | None = None,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    settle_s: float = DEFAULT_SETTLE_S,
+    linger_s: float = DEFAULT_LINGER_S,
+    say: Print | None = _say,
+    scenarios: Sequence[Scenario] = SCENARIOS,
+    invalid: Sequence[InvalidScenario] = INVALID,
+) -> DemoResult:
+    """Publish the scenarios to the broker at `bootstrap` and collect what comes back."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    run_id = run_id or new_run_id()
+    t = topics or Topics()
+    note = say or (lambda _: None)
+    now = datetime.now(UTC)
+    prefix = f"demo-{run_id}-"
+    by_id = {s.notification_id(run_id): s for s in scenarios}
+    invalid_keys = {s.key(run_id): s for s in invalid}
+    seen = Seen()
+    started = time.monotonic()
+
+    consumer = AIOKafkaConsumer(
+        t.status,
+        t.deadletter,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        client_id=f"tongda-demo-{run_id}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=f"tongda-demo-{run_id}",
+        acks="all",
+        enable_idempotence=False,
+    )
+    await consumer.start()
+    try:
+        await producer.start()
+        try:
+            profiles = [
+                (s.customer_id(run_id), build_profile(s, run_id, now))
+                for s in scenarios
+                if s.profile is not None
+            ]
+            await asyncio.gather(
+                *(
+                    producer.send_and_wait(t.profiles, orjson.dumps(p), key=cid.encode())
+                    for cid, p in profiles
+                )
+            )
+            note(f"published {len(profiles)} customer profiles to {t.profiles}")
+            await asyncio.sleep(settle_s)  # profiles and events are different topics
+            sent = 0
+            for s in scenarios:
+                value = orjson.dumps(build_event(s, run_id, now))
+                for _ in range(s.publish_times):
+                    await producer.send_and_wait(
+                        t.requested, value, key=s.customer_id(run_id).encode()
+                    )
+                    sent += 1
+            for inv in invalid:
+                await producer.send_and_wait(
+                    t.requested, build_invalid(inv, run_id, now), key=inv.key(run_id).encode()
+                )
+            note(
+                f"published {sent} events ({len(scenarios)} notifications) and "
+                f"{len(invalid)} invalid ones to {t.requested} (run {run_id})"
+            )
+        finally:
+            await producer.stop()
+
+        def progress() -> tuple[int, int]:
+            final = sum(1 for nid in by_id if seen.statuses.get(nid))
+            dead = sum(1 for k in invalid_keys if seen.deadletters.get(k))
+            return final, dead
+
+        deadline = time.monotonic() + deadline_s
+        complete_at: float | None = None
+        last_note = 0.0
+        while True:
+            now_m = time.monotonic()
+            final, dead = progress()
+            if complete_at is None and final == len(by_id) and dead == len(invalid_keys):
+                complete_at = now_m  # all in: linger a little to catch duplicates
+            if complete_at is not None and now_m - complete_at >= linger_s:
+                break
+            if now_m > deadline:
+                note(f"deadline of {deadline_s:.0f} s passed")
+                break
+            if now_m - last_note >= 2.0:
+                note(
+                    f"{final}/{len(by_id)} final, {dead}/{len(invalid_keys)} dead letters … "
+                    f"{now_m - started:.0f} s"
+                )
+                last_note = now_m
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for rec in records:
+                    _collect(rec, t, prefix, by_id, invalid_keys, seen)
+    finally:
+        await consumer.stop()
+
+    return DemoResult(
+        run_id=run_id,
+        notifications=tuple(
+            NotificationResult(s, tuple(seen.statuses.get(nid, ()))) for nid, s in by_id.items()
+        ),
+        deadletters=tuple(
+            DeadLetterResult(s, tuple(seen.deadletters.get(k, ()))) for k, s in invalid_keys.items()
+        ),
+        seen=seen,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _collect(
+    rec: Any,
+    t: Topics,
+    prefix: str,
+    by_id: dict[str, Scenario],
+    invalid_keys: dict[str, InvalidScenario],
+    seen: Seen,
+) -> None:
+    if rec.topic == t.status:
+        try:
+            value = orjson.loads(rec.value)
+        except orjson.JSONDecodeError:
+            return
+        nid = str(value.get("notification_id", ""))
+        if nid in by_id:
+            seen.statuses.setdefault(nid, []).append(value)
+        elif nid.startswith(prefix):
+            seen.stray += 1  # e.g. a status for an event that should have been dead-lettered
+    elif rec.topic == t.deadletter:
+        key = rec.key.decode("utf-8", "replace") if rec.key else ""
+        if key in invalid_keys:
+            seen.deadletters.setdefault(key, []).append(_headers(rec.headers))
+        elif prefix[len("demo-") :] in key:
+            seen.stray += 1  # one of our valid events was dead-lettered
+
+
+# --- the summary ---------------------------------------------------------------------------
+
+
+def channel_stats(results: Sequence[NotificationResult]) -> dict[str, Counter[str]]:
+    """Per channel: attempted, delivered, fell back (not delivered and followed by another
+    attempt), suppressed (not attempted)."""
+    stats: dict[str, Counter[str]] = {c: Counter() for c in ("voice", "sms", "email", "push")}
+    for n in results:
+        path = n.path
+        for i, (channel, outcome) in enumerate(path):
+            c = stats.setdefault(channel, Counter())
+            if outcome in ("suppressed", "deferred"):
+                c[outcome] += 1
+                continue
+            c["attempted"] += 1
+            if outcome == "delivered":
+                c["delivered"] += 1
+            elif i + 1 < len(path):
+                c["fell back"] += 1
+    return stats
+
+
+def _safe(value: object) -> str:
+    """Free text from the wire (recipients, details): mask any phone number or email left."""
+    return scrub(str(value))
+
+
+def summary(result: DemoResult, verbose: bool = False) -> str:
+    """The readable report: notifications, channels, dead letters, verdict."""
+    ids = [n.scenario.notification_id(result.run_id) for n in result.notifications]
+    w = max((len(i) for i in ids), default=10)
+    lines = [
+        "",
+        f"Notifications (run {result.run_id}, {result.seconds:.1f} s)",
+        f"     {'id':<{w}}  {'type':<21}  {'status':<10}  {'expected':<10}  channel path",
+    ]
+    for nid, n in zip(ids, result.notifications, strict=True):
+        mark = " ok" if n.ok else "XX "
+        status = n.status or "(none)"
+        if len(n.statuses) > 1:
+            status += f" ×{len(n.statuses)}"
+        lines.append(
+            f"  {mark}{nid:<{w}}  {n.scenario.type:<21}  {status:<10}  "
+            f"{n.scenario.expected_status:<10}  {path_text(n.path)}"
+        )
+        pad = " " * (w + 5 + 21 + 2 + 10 + 2 + 10 + 2)
+        if n.statuses and not n.path_ok:
+            lines.append(f"{pad}(expected path: {n.scenario.expected_path_text()})")
+        if verbose:
+            for a in n.attempts:
+                detail = f" ({_safe(a['detail'])})" if a.get("detail") else ""
+                lines.append(
+                    f"{pad}· {a.get('channel')} to {_safe(a.get('recipient'))}: "
+                    f"{a.get('outcome')}{detail}"
+                )
+    lines += [
+        "",
+        "Channels",
+        f"     {'channel':<8} {'attempted':>9} {'delivered':>9} {'fell back':>9} "
+        f"{'suppressed':>10}",
+    ]
+    for channel, c in channel_stats(result.notifications).items():
+        lines.append(
+            f"     {channel:<8} {c['attempted']:>9} {c['delivered']:>9} {c['fell back']:>9} "
+            f"{c['suppressed']:>10}"
+        )
+    lines += ["", "Dead letters (notifications.deadletter)"]
+    tw = max((len(d.scenario.title) for d in result.deadletters), default=10)
+    for d in result.deadletters:
+        mark = " ok" if d.ok else "XX "
+        want = d.scenario.expected_error or "any error"
+        if not d.records:
+            lines.append(f"  {mark}{d.scenario.title:<{tw}}  not seen (expected error={want})")
+            continue
+        h = d.records[0]
+        extra = f" ×{len(d.records)}" if len(d.records) > 1 else ""
+        lines.append(
+            f"  {mark}{d.scenario.title:<{tw}}  error={h.get('error')}{extra} "
+            f"(expected {want}): {_safe(h.get('error-detail', ''))[:80]}"
+        )
+    if result.seen.stray:
+        lines.append(
+            f"  XX {result.seen.stray} other record(s) of this run: a status for an invalid "
+            "event, or a valid event dead-lettered"
+        )
+    passed = sum(n.ok for n in result.notifications) + sum(d.ok for d in result.deadletters)
+    total = len(result.notifications) + len(result.deadletters)
+    lines += ["", f"{'PASS' if result.ok else 'FAIL'}: {passed}/{total} as expected"]
+    return "\n".join(lines)
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.bootstrap:
+        result = await run_demo(
+            args.bootstrap, deadline_s=args.deadline, settle_s=args.settle, linger_s=args.linger
+        )
+        print(summary(result, args.verbose))
+        return 0 if result.ok else 1
+    t0 = time.monotonic()
+    stack = Stack(
+        run_dir=args.run_dir,
+        log_dir=args.run_dir / "demo-logs",
+        ready_timeout_s=args.ready_timeout,
+        sandbox_time_scale=args.time_scale,
+    )
+    _say(f"starting the stack (logs in {stack.log_dir}/) …")
+    async with stack:
+        _say(f"stack ready in {time.monotonic() - t0:.1f} s; router at {stack.router_url}")
+        result = await run_demo(
+            stack.bootstrap, deadline_s=args.deadline, settle_s=args.settle, linger_s=args.linger
+        )
+        print(summary(result, args.verbose))
+        _say("stopping the stack …")
+    _say(f"done in {time.monotonic() - t0:.1f} s")
+    return 0 if result.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bootstrap", help="use the stack at this broker instead of our own")
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE_S,
+        help="seconds to wait for every final status (default %(default)s)",
+    )
+    parser.add_argument("--ready-timeout", type=float, default=90.0)
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=None,
+        help="TONGDA_SANDBOX_TIME_SCALE for the channel services",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=DEFAULT_SETTLE_S,
+        help="pause between profiles and events (default %(default)s s)",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=DEFAULT_LINGER_S,
+        help="keep reading after the last final status, to catch duplicates",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every attempt")
+    args = parser.parse_args(argv)
+
+    async def guarded() -> int:
+        # SIGTERM ends the demo like Ctrl-C does: cancelled, so the stack is stopped.
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        return await _main(args)
+
+    try:
+        return asyncio.run(guarded())
+    except DevstackError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("demo interrupted; the stack was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
