@@ -80,6 +80,8 @@ class ChannelSettings(CommonSettings):
     dedupe_ttl_s: int = 7 * 24 * 3600
     sandbox_time_scale: float = 1.0  # multiplies the sandbox's realistic delays
     sandbox_ledger: bool = True  # record every send reaching the sandbox in Redis
+    send_timeout_s: float = 30.0  # a provider's send() taking longer is a `failed` attempt
+    receipt_timeout_s: float = 3600.0  # forget (in memory) an accepted attempt never reported
 
     @property
     def group(self) -> str:
