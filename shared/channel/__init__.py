@@ -1,0 +1,1 @@
+"""The engine every channel service shares: provider interface, consume loop, lifecycle."""

@@ -1,0 +1,224 @@
+"""The consume loop: fetch dispatches, claim each attempt once, hand it to the provider, commit.
+
+A batch's offsets are committed only after every send in it has been handed over (accepted,
+or immediately failed with its outcome published). Each attempt is claimed in Redis before
+the provider sees it, so a batch fetched again after a crash or a rebalance never reaches
+the provider twice; an attempt lost that way is ended by the router's step timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from redis.asyncio import Redis
+
+from shared.channel.outcomes import AttemptRef, OutcomePublisher
+from shared.channel.provider import Accepted, Completed, Provider, SendResult
+from shared.channel.receipts import ReceiptBook
+from shared.config import ChannelSettings
+from shared.contract.codec import decode
+from shared.contract.models import Dispatch
+from shared.errors import InvalidEvent
+from shared.kafka import send_deadletter
+from shared.masking import mask_address
+from shared.metrics import (
+    BATCH_SECONDS,
+    BATCH_SIZE,
+    DISPATCH_SECONDS,
+    DUPLICATE_DISPATCHES,
+    EVENTS_CONSUMED,
+    PROVIDER_SENDS,
+)
+from shared.templates import render
+
+log = logging.getLogger(__name__)
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Batch: TypeAlias = dict[TopicPartition, list[Record]]
+
+FETCH_TIMEOUT_MS = 200  # how long one fetch waits; also how fast a stop is noticed
+RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def sent_key(settings: ChannelSettings, dispatch: Dispatch) -> str:
+    """The Redis key claiming one attempt: set once, before the provider sees it."""
+    return f"{settings.key_prefix}sent:{dispatch.notification_id}:{dispatch.leg}:{dispatch.attempt}"
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+class ChannelWorker:
+    """Consumes one channel's dispatch topic and hands each attempt to the provider once."""
+
+    def __init__(
+        self,
+        settings: ChannelSettings,
+        provider: Provider,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        redis: Redis,
+        receipts: ReceiptBook,
+        publisher: OutcomePublisher,
+    ) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.consumer = consumer
+        self.producer = producer
+        self.redis = redis
+        self.receipts = receipts
+        self.publisher = publisher
+        self.channel = settings.channel
+        self.service = f"tongda-{settings.channel}"
+        self.topic = settings.topics.dispatch(settings.channel)
+        self.last_error: str | None = None
+        self._send_slots = asyncio.Semaphore(settings.max_in_flight)
+        self._stopping = asyncio.Event()
+        self._uncommitted: dict[TopicPartition, int] = {}
+
+    def stop_fetching(self) -> None:
+        """Take no new batch; the batch in hand is still handed over and committed."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Fetch, hand over and commit batches until `stop_fetching()` is called."""
+        failures = 0
+        while not self._stopping.is_set():
+            batch: Batch = {}
+            try:
+                batch = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
+                self.receipts.expire()
+                if not batch or self._stopping.is_set():
+                    continue  # a batch fetched after the stop stays uncommitted: refetched
+                await self.process(batch)
+                await self.commit()
+                self.last_error, failures = None, 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("batch failed; fetching it again")
+                self._rewind(batch)
+                await self._backoff(RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)])
+                failures += 1
+
+    async def process(self, batch: Batch) -> None:
+        """Decode, claim and hand over one batch; raise if an outcome could not be published."""
+        started = time.perf_counter()
+        records = [r for rs in batch.values() for r in rs]
+        EVENTS_CONSUMED.labels(service=self.service, topic=self.topic).inc(len(records))
+        BATCH_SIZE.labels(service=self.service).observe(len(records))
+        dispatches = [d for d in [await self._decode(r) for r in records] if d is not None]
+        fresh = await self.claim(dispatches)
+        results = await asyncio.gather(*(self.hand_over(d) for d in fresh), return_exceptions=True)
+        try:
+            await self.receipts.save()
+        except Exception:  # receipts still match in memory; only other replicas miss them
+            log.warning("could not save pending receipts to Redis", exc_info=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        for tp, rs in batch.items():
+            self._uncommitted[tp] = rs[-1].offset + 1
+        BATCH_SECONDS.labels(service=self.service).observe(time.perf_counter() - started)
+
+    async def commit(self) -> None:
+        """Commit the offsets of the batches handed over and not yet committed."""
+        if self._uncommitted:
+            offsets, self._uncommitted = self._uncommitted, {}
+            try:
+                await self.consumer.commit(offsets)
+            except BaseException:  # retried with the next commit, for partitions still ours
+                assigned = self.consumer.assignment()
+                kept = {tp: o for tp, o in offsets.items() if tp in assigned}
+                self._uncommitted = {**kept, **self._uncommitted}
+                raise
+
+    async def claim(self, dispatches: list[Dispatch]) -> list[Dispatch]:
+        """Claim every attempt with one pipelined `SET NX`; return those claimed now."""
+        if not dispatches:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for d in dispatches:
+            pipe.set(sent_key(self.settings, d), b"1", nx=True, ex=self.settings.dedupe_ttl_s)
+        claimed = await pipe.execute()
+        fresh = []
+        for d, ok in zip(dispatches, claimed, strict=True):
+            if ok:
+                fresh.append(d)
+                continue
+            DUPLICATE_DISPATCHES.labels(channel=self.channel).inc()
+            log.info("attempt already handed to the provider; not sent again", extra=_extra(d))
+        return fresh
+
+    async def hand_over(self, dispatch: Dispatch) -> None:
+        """Send one attempt; remember it for its receipt or publish its immediate outcome."""
+        DISPATCH_SECONDS.labels(channel=self.channel).observe(
+            max(0.0, (datetime.now(UTC) - _aware(dispatch.dispatched_at)).total_seconds())
+        )
+        async with self._send_slots:
+            ref = AttemptRef.of(dispatch)
+            result = await self._send(dispatch)
+        if isinstance(result, Accepted):
+            await self.receipts.accepted(result.provider_message_id, ref)
+        else:
+            await self.publisher.publish(
+                ref, result.outcome, result.provider_message_id, result.detail
+            )
+
+    async def _send(self, dispatch: Dispatch) -> SendResult:
+        try:
+            message = render(dispatch.type, dispatch.locale, dispatch.data, dispatch.channel)
+        except Exception as exc:
+            log.warning("template failed", extra=_extra(dispatch), exc_info=True)
+            return Completed("failed", detail=f"template error: {type(exc).__name__}: {exc}")
+        PROVIDER_SENDS.labels(channel=self.channel, provider=self.provider.name).inc()
+        timeout = self.settings.send_timeout_s
+        try:
+            return await asyncio.wait_for(self.provider.send(dispatch, message), timeout)
+        except TimeoutError:
+            log.warning("provider send timed out", extra=_extra(dispatch))
+            return Completed("failed", detail=f"provider did not answer within {timeout:g} s")
+        except Exception as exc:
+            log.warning("provider send failed", extra=_extra(dispatch), exc_info=True)
+            return Completed("failed", detail=f"{type(exc).__name__}: {exc}")
+
+    async def _decode(self, record: Record) -> Dispatch | None:
+        try:
+            dispatch = decode(record.value, Dispatch)
+            if dispatch.channel != self.channel:
+                raise InvalidEvent(
+                    "wrong_channel",
+                    f"a {dispatch.channel} dispatch on the {self.channel} service's topic",
+                )
+        except InvalidEvent as exc:
+            await send_deadletter(self.producer, self.settings, record, exc, self.service)
+            return None
+        return dispatch
+
+    def _rewind(self, batch: Batch) -> None:
+        assigned = self.consumer.assignment()
+        for tp, rs in batch.items():
+            if tp in assigned and tp not in self._uncommitted:
+                self.consumer.seek(tp, rs[0].offset)
+
+    async def _backoff(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _extra(dispatch: Dispatch) -> dict[str, object]:
+    return {
+        "notification_id": dispatch.notification_id,
+        "leg": dispatch.leg,
+        "attempt": dispatch.attempt,
+        "recipient": mask_address(dispatch.channel, dispatch.recipient),
+    }
