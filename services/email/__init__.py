@@ -1,0 +1,1 @@
+"""tongda's email channel service: the shared channel engine with the email providers."""

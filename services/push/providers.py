@@ -1,0 +1,28 @@
+"""Push providers. Only the sandbox so far."""
+
+from __future__ import annotations
+
+from shared.channel.provider import Provider
+from shared.channel.sandbox import SandboxProvider, Script
+from shared.config import ChannelSettings
+from shared.contract.models import Dispatch
+from shared.errors import ConfigError
+
+
+class PushSandbox(SandboxProvider):
+    """Push: a token starting `invalid` is unregistered (refused at once); the rest delivered."""
+
+    channel = "push"
+
+    async def script(self, dispatch: Dispatch) -> Script:
+        """Choose the outcome from the device token."""
+        if dispatch.recipient.startswith("invalid"):
+            return Script("rejected", None, "unregistered token")
+        return Script("delivered", self.between(0.15, 0.25), "accepted by the push service")
+
+
+def build_provider(settings: ChannelSettings) -> Provider:
+    """The provider `settings.provider` names."""
+    if settings.provider == "sandbox":
+        return PushSandbox()
+    raise ConfigError(f"unknown push provider {settings.provider!r}")

@@ -1,0 +1,1 @@
+"""tongda's sms channel service: the shared channel engine with the sms providers."""

@@ -1,0 +1,31 @@
+"""SMS providers. Only the sandbox so far."""
+
+from __future__ import annotations
+
+from shared.channel.provider import Provider
+from shared.channel.sandbox import SandboxProvider, Script
+from shared.config import ChannelSettings
+from shared.contract.models import Dispatch
+from shared.errors import ConfigError
+
+
+class SmsSandbox(SandboxProvider):
+    """SMS: 0003 is an invalid number (refused at once), 0004 fails, the rest is delivered."""
+
+    channel = "sms"
+
+    async def script(self, dispatch: Dispatch) -> Script:
+        """Choose the outcome from the phone number's last four digits."""
+        number = dispatch.recipient
+        if not number.startswith("+") or not number[1:].isdigit() or number.endswith("0003"):
+            return Script("rejected", None, "invalid number")
+        if number.endswith("0004"):
+            return Script("failed", self.between(0.4, 0.6), "DLR: delivery failed (carrier error)")
+        return Script("delivered", self.between(0.3, 0.8), "DLR: delivered")
+
+
+def build_provider(settings: ChannelSettings) -> Provider:
+    """The provider `settings.provider` names."""
+    if settings.provider == "sandbox":
+        return SmsSandbox()
+    raise ConfigError(f"unknown sms provider {settings.provider!r}")
