@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared.config import CommonSettings
 from shared.topics import topic_specs
+from tools.demo import run_demo, summary
 from tools.devstack import (
     REPO_ROOT,
     Broker,
@@ -302,8 +304,13 @@ def _services_present() -> bool:
 
 
 @pytest.mark.skipif(not _services_present(), reason="router and channel services not built yet")
-async def test_full_stack_starts_and_stops(tmp_path: Path) -> None:
-    async with Stack(run_dir=tmp_path, sandbox_time_scale=0.05) as stack:
-        assert all(s.ready for s in stack.services.values())
-        pids = [s.pid for s in stack.services.values()]
+@pytest.mark.timeout(300)
+async def test_demo_scenarios_end_to_end(stack_factory: Callable[..., Awaitable[Stack]]) -> None:
+    """The demo's scripted scenarios on a full stack: every expected final status, once."""
+    stack = await stack_factory()
+    assert all(s.ready for s in stack.services.values())
+    result = await run_demo(stack.bootstrap, say=None, deadline_s=120)
+    assert result.ok, summary(result, verbose=True)
+    pids = [s.pid for s in stack.services.values()]
+    await stack.stop()
     assert not any(pid is not None and pid_alive(pid) for pid in pids)
