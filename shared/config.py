@@ -42,6 +42,7 @@ class CommonSettings(BaseSettings):
     kafka_max_poll_records: int = 2_000
     kafka_max_request_bytes: int = 8 * 1024 * 1024
     kafka_topic_partitions: int = 4
+    kafka_session_timeout_ms: int = 6_000  # a consumer joins its group in ~half of this
     kafka_replication_factor: int = 1
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_socket_timeout_s: float = 5.0
@@ -52,6 +53,7 @@ class CommonSettings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     drain_timeout_s: float = 20.0
     topics: Topics = Field(default_factory=Topics)
+    faust_app_id: str = "tongda-router"  # the router's faust app; its leader topic is ours too
     key_prefix: str = "tongda:"
 
 
@@ -61,8 +63,8 @@ class RouterSettings(CommonSettings):
     http_port: int = 8080
     api_token: SecretStr = SecretStr("change-me")
     plans_path: Path | None = None  # None: the shipped services/router/plans.yaml
-    consumer_group: str = "tongda-router"
-    faust_app_id: str = "tongda-router"
+    consumer_group: str = "tongda-router-batch"  # faust itself uses the app id
+    faust_datadir: Path = Path("/tmp/tongda-router-faust")
     retention_s: int = 7 * 24 * 3600
     timeline_max_records: int = 500
     scheduler_interval_s: float = 0.2

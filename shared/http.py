@@ -28,7 +28,9 @@ def json_error(status: int, error: str, detail: str, **extra: Any) -> web.Respon
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as JSON; an unexpected exception is logged and becomes a 500."""
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    route = (
+        request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    )
     try:
         resp = await handler(request)
     except web.HTTPException as exc:

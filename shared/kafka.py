@@ -51,9 +51,9 @@ def make_consumer(
         max_partition_fetch_bytes=settings.kafka_max_request_bytes,
         fetch_max_bytes=4 * settings.kafka_max_request_bytes,
         request_timeout_ms=settings.kafka_request_timeout_ms,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
-        rebalance_timeout_ms=10_000,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 4),
+        rebalance_timeout_ms=settings.kafka_session_timeout_ms,
         retry_backoff_ms=200,
     )
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-_PHONE_RE = re.compile(r"\+?\d[\d\- ]{6,}\d")
+# E.164 with its plus, or a bare run of 11 to 15 digits (a national mobile number); dates,
+# times and short ids are left alone.
+_PHONE_RE = re.compile(r"(?<![\w.])(?:\+\d{7,15}|\d{11,15})(?![\w.])")
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+")
 
@@ -47,4 +49,4 @@ def scrub(text: str) -> str:
     """Mask every phone number, email and bearer token found in free text (log lines)."""
     text = _BEARER_RE.sub(r"\1****", text)
     text = _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[\- ]", "", m.group(0))), text)
+    return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)

@@ -43,6 +43,8 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
         TopicSpec(t.router_inbox, n),
     ]
     specs += [TopicSpec(t.dispatch(ch), n) for ch in CHANNELS]
+    # faust's partition-assignor leader topic for the router app (faust would create it).
+    specs.append(TopicSpec(f"{settings.faust_app_id}-__assignor-__leader", 1))
     return specs
 
 
@@ -61,7 +63,9 @@ async def ensure_topics(settings: CommonSettings) -> list[str]:
             return []
         resp = await admin.create_topics(
             [
-                NewTopic(s.name, s.partitions, settings.kafka_replication_factor, topic_configs=s.config)
+                NewTopic(
+                    s.name, s.partitions, settings.kafka_replication_factor, topic_configs=s.config
+                )
                 for s in missing
             ]
         )

@@ -34,8 +34,13 @@ def isolated_settings(broker: str, redis_url: str, **kw: Any) -> RouterSettings:
     t = Topics()
     topics = Topics(**{name: f"{tag}.{value}" for name, value in t.model_dump().items()})
     return RouterSettings(
-        kafka_bootstrap=broker, redis_url=redis_url, topics=topics, key_prefix=f"t{tag}:",
-        consumer_group=f"router-{tag}", kafka_topic_partitions=2, **kw,
+        kafka_bootstrap=broker,
+        redis_url=redis_url,
+        topics=topics,
+        key_prefix=f"t{tag}:",
+        consumer_group=f"router-{tag}",
+        kafka_topic_partitions=2,
+        **kw,
     )
 
 
@@ -54,15 +59,17 @@ class Harness:
     engine: RouterEngine
     scheduler: Scheduler
 
-    async def publish(self, topic: str, value: bytes | dict[str, Any] | None,
-                      key: str = "c1") -> None:
+    async def publish(
+        self, topic: str, value: bytes | dict[str, Any] | None, key: str = "c1"
+    ) -> None:
         raw = orjson.dumps(value) if isinstance(value, dict) else value
         await self.producer.send_and_wait(topic, raw, key=key.encode())
 
 
 @asynccontextmanager
-async def engine_harness(broker: str, redis_url: str, *, run: bool = True,
-                         plans: Path | None = None, **kw: Any) -> AsyncIterator[Harness]:
+async def engine_harness(
+    broker: str, redis_url: str, *, run: bool = True, plans: Path | None = None, **kw: Any
+) -> AsyncIterator[Harness]:
     s = isolated_settings(broker, redis_url, plans_path=plans, **kw)
     await ensure_topics(s)
     redis = Redis.from_url(s.redis_url)
@@ -97,8 +104,12 @@ class Reader:
 
     def __init__(self, broker: str, *topics: str) -> None:
         self.consumer = AIOKafkaConsumer(
-            *topics, bootstrap_servers=broker, group_id=None, auto_offset_reset="earliest",
-            fetch_max_wait_ms=20, enable_auto_commit=False,
+            *topics,
+            bootstrap_servers=broker,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+            enable_auto_commit=False,
         )
         self.seen: list[ConsumerRecord[bytes, bytes]] = []
 
@@ -114,8 +125,9 @@ class Reader:
         for msgs in batch.values():
             self.seen.extend(msgs)
 
-    async def take(self, topic: str, count: int = 1, timeout_s: float = 20.0,
-                   where: Any = None) -> list[ConsumerRecord[bytes, bytes]]:
+    async def take(
+        self, topic: str, count: int = 1, timeout_s: float = 20.0, where: Any = None
+    ) -> list[ConsumerRecord[bytes, bytes]]:
         deadline = time.monotonic() + timeout_s
         while True:
             found = [m for m in self.seen if m.topic == topic and (where is None or where(m))]

@@ -18,26 +18,41 @@ NOW = datetime.now(UTC).isoformat()
 
 
 def event(nid: str, type_: str = "overdue_notice", cid: str = "c1", **kw: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"schema": "notification.requested/v1", "id": nid, "type": type_,
-                            "customer_id": cid, "occurred_at": NOW}
+    body: dict[str, Any] = {
+        "schema": "notification.requested/v1",
+        "id": nid,
+        "type": type_,
+        "customer_id": cid,
+        "occurred_at": NOW,
+    }
     body.update(kw)
     return body
 
 
 async def answer(h: Harness, dispatch: dict[str, Any], outcome: str) -> None:
-    await h.publish(h.settings.topics.router_inbox, {
-        "schema": "tongda.outcome/v1", "notification_id": dispatch["notification_id"],
-        "customer_id": dispatch["customer_id"], "channel": dispatch["channel"],
-        "leg": dispatch["leg"], "attempt": dispatch["attempt"], "outcome": outcome,
-        "provider": "test", "at": datetime.now(UTC).isoformat()}, key=dispatch["customer_id"])
+    await h.publish(
+        h.settings.topics.router_inbox,
+        {
+            "schema": "tongda.outcome/v1",
+            "notification_id": dispatch["notification_id"],
+            "customer_id": dispatch["customer_id"],
+            "channel": dispatch["channel"],
+            "leg": dispatch["leg"],
+            "attempt": dispatch["attempt"],
+            "outcome": outcome,
+            "provider": "test",
+            "at": datetime.now(UTC).isoformat(),
+        },
+        key=dispatch["customer_id"],
+    )
 
 
-async def test_busy_voice_falls_back_and_everything_is_recorded(broker: str,
-                                                                redis_server: str) -> None:
+async def test_busy_voice_falls_back_and_everything_is_recorded(
+    broker: str, redis_server: str
+) -> None:
     async with engine_harness(broker, redis_server) as h:
         t = h.settings.topics
-        async with Reader(broker, t.dispatch("voice"), t.dispatch("sms"), t.status,
-                          t.audit) as r:
+        async with Reader(broker, t.dispatch("voice"), t.dispatch("sms"), t.status, t.audit) as r:
             await h.publish(t.requested, event("n1", contacts={"phone": "+8613800000001"}))
             (voice,) = await r.take(t.dispatch("voice"))
             assert value(voice)["recipient"] == "+8613800000001"
@@ -48,7 +63,9 @@ async def test_busy_voice_falls_back_and_everything_is_recorded(broker: str,
             s = value(status)
             assert (s["status"], s["channel"]) == ("delivered", "sms")
             assert [(a["channel"], a["outcome"]) for a in s["attempts"]] == [
-                ("voice", "busy"), ("sms", "delivered")]
+                ("voice", "busy"),
+                ("sms", "delivered"),
+            ]
             assert s["attempts"][0]["recipient"] == "+86138****0001"
             audit = await r.take(t.audit, 2)
             assert [value(a)["outcome"] for a in audit] == ["busy", "delivered"]
@@ -81,26 +98,30 @@ BAD = [
     (b"{not json", "malformed_json"),
     (orjson.dumps([1, 2]), "malformed_json"),
     (orjson.dumps(event("w", priority=5)), "invalid_fields"),
-    (orjson.dumps({k: v for k, v in event("m").items() if k != "customer_id"}),
-     "invalid_fields"),
+    (orjson.dumps({k: v for k, v in event("m").items() if k != "customer_id"}), "invalid_fields"),
     (orjson.dumps(event("u", "no_such_type")), "unknown_type"),
-    (orjson.dumps({**event("v2"), "schema": "notification.requested/v2"}),
-     "unknown_schema_version"),
+    (
+        orjson.dumps({**event("v2"), "schema": "notification.requested/v2"}),
+        "unknown_schema_version",
+    ),
     (orjson.dumps(event("big", data={"blob": "x" * (1024 * 1024)})), "too_large"),
 ]
 
 
-async def test_bad_events_are_dead_lettered_and_neighbours_routed(broker: str,
-                                                                 redis_server: str) -> None:
+async def test_bad_events_are_dead_lettered_and_neighbours_routed(
+    broker: str, redis_server: str
+) -> None:
     async with engine_harness(broker, redis_server) as h:
         t = h.settings.topics
         async with Reader(broker, t.deadletter, t.dispatch("push")) as r:
-            await h.publish(t.requested, event("before", "loan_approved",
-                                               contacts={"push_tokens": ["tok-1"]}))
+            await h.publish(
+                t.requested, event("before", "loan_approved", contacts={"push_tokens": ["tok-1"]})
+            )
             for raw, _ in BAD:
                 await h.publish(t.requested, raw)
-            await h.publish(t.requested, event("after", "loan_approved",
-                                               contacts={"push_tokens": ["tok-2"]}))
+            await h.publish(
+                t.requested, event("after", "loan_approved", contacts={"push_tokens": ["tok-2"]})
+            )
             dead = await r.take(t.deadletter, len(BAD))
             assert [header(d, "error") for d in dead] == [code for _, code in BAD]
             assert [d.value for d in dead] == [raw for raw, _ in BAD]
@@ -118,11 +139,21 @@ async def test_profiles_feed_routing_and_tombstones_erase(broker: str, redis_ser
     async with engine_harness(broker, redis_server) as h:
         t = h.settings.topics
         async with Reader(broker, t.dispatch("voice"), t.deadletter) as r:
-            await h.publish(t.profiles, {"schema": "customer.profile/v1", "customer_id": "c9",
-                                         "phone": "+8613800000777", "timezone": "Asia/Shanghai"},
-                            key="c9")
-            await h.publish(t.profiles, {"schema": "customer.profile/v1", "customer_id": "c9",
-                                         "timezone": "Mars/Olympus"}, key="c9")
+            await h.publish(
+                t.profiles,
+                {
+                    "schema": "customer.profile/v1",
+                    "customer_id": "c9",
+                    "phone": "+8613800000777",
+                    "timezone": "Asia/Shanghai",
+                },
+                key="c9",
+            )
+            await h.publish(
+                t.profiles,
+                {"schema": "customer.profile/v1", "customer_id": "c9", "timezone": "Mars/Olympus"},
+                key="c9",
+            )
             await h.publish(t.requested, event("p1", cid="c9"), key="c9")
             (voice,) = await r.take(t.dispatch("voice"))
             assert value(voice)["recipient"] == "+8613800000777"
@@ -133,20 +164,25 @@ async def test_profiles_feed_routing_and_tombstones_erase(broker: str, redis_ser
         async with Reader(broker, t.dispatch("voice")) as r2:
             await h.publish(t.profiles, None, key="c9")
             # Same key, same partitions: once a later request is routed, the tombstone is done.
-            await h.publish(t.profiles, {"schema": "customer.profile/v1", "customer_id": "c9",
-                                         "phone": "+8613800000888"}, key="c9")
+            await h.publish(
+                t.profiles,
+                {"schema": "customer.profile/v1", "customer_id": "c9", "phone": "+8613800000888"},
+                key="c9",
+            )
             await h.publish(t.requested, event("p2", cid="c9"), key="c9")
             await r2.take(t.dispatch("voice"), where=lambda m: value(m)["notification_id"] == "p2")
         assert await h.redis.exists(keys.state("p1")) == 0
         assert await h.redis.smembers(keys.customer_notifications("c9")) == {b"p2"}
 
 
-async def test_step_timeout_fires_from_the_scheduler(broker: str, redis_server: str,
-                                                    tmp_path: Path) -> None:
+async def test_step_timeout_fires_from_the_scheduler(
+    broker: str, redis_server: str, tmp_path: Path
+) -> None:
     plans = tmp_path / "plans.yaml"
     plans.write_text(
         "plans:\n  otp:\n    category: transactional\n    steps:\n"
-        "      - {channel: sms, timeout_s: 0.3}\n      - {channel: voice, timeout_s: 30}\n")
+        "      - {channel: sms, timeout_s: 0.3}\n      - {channel: voice, timeout_s: 30}\n"
+    )
     async with engine_harness(broker, redis_server, plans=plans) as h:
         t = h.settings.topics
         async with Reader(broker, t.dispatch("sms"), t.dispatch("voice")) as r:
@@ -178,8 +214,9 @@ async def test_outbox_recovery_sends_exactly_what_is_missing(
         rec = OutRecord("n7/1/0", t.status, b"c1", b'{"status":"delivered"}')
         await h.redis.hset(h.store.keys.outbox(tp.topic, tp.partition), rec.effect_id, rec.pack())
         if already_sent:
-            await h.producer.send_and_wait(rec.topic, rec.value, key=rec.key,
-                                           headers=[(EFFECT_HEADER, rec.effect_id.encode())])
+            await h.producer.send_and_wait(
+                rec.topic, rec.value, key=rec.key, headers=[(EFFECT_HEADER, rec.effect_id.encode())]
+            )
         resent = await h.outbox.recover([tp])
         assert resent == (0 if already_sent else 1)
         async with Reader(broker, t.status) as r:

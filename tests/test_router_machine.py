@@ -42,18 +42,28 @@ def profile(**kw: Any) -> CustomerProfile:
 def outcome(state: NotificationState, outcome: str, **kw: Any) -> AttemptOutcome:
     leg = state.legs[state.leg]
     return AttemptOutcome(
-        notification_id=state.id, customer_id=state.customer_id, channel=leg.channel,
-        leg=kw.pop("leg", state.leg), attempt=kw.pop("attempt", state.attempt),
-        outcome=outcome, provider="test", at=NOW, **kw,  # type: ignore[arg-type]
+        notification_id=state.id,
+        customer_id=state.customer_id,
+        channel=leg.channel,
+        leg=kw.pop("leg", state.leg),
+        attempt=kw.pop("attempt", state.attempt),
+        outcome=outcome,
+        provider="test",
+        at=NOW,
+        **kw,  # type: ignore[arg-type]
     )
 
 
-def timer(state: NotificationState, kind: str, leg: int | None = None,
-          attempt: int | None = None) -> TimerFired:
+def timer(
+    state: NotificationState, kind: str, leg: int | None = None, attempt: int | None = None
+) -> TimerFired:
     return TimerFired(
-        kind=kind, notification_id=state.id, customer_id=state.customer_id,  # type: ignore[arg-type]
+        kind=kind,
+        notification_id=state.id,
+        customer_id=state.customer_id,  # type: ignore[arg-type]
         leg=state.leg if leg is None else leg,
-        attempt=state.attempt if attempt is None else attempt, due_at=NOW,
+        attempt=state.attempt if attempt is None else attempt,
+        due_at=NOW,
     )
 
 
@@ -96,7 +106,7 @@ def test_failed_is_retried_with_backoff_then_moves_on(machine: Machine) -> None:
     for attempt in (1, 2):
         fx = machine.on_outcome(state, outcome(state, "failed"), NOW)
         assert fx is not None and not fx.dispatches
-        (member, due), = fx.timers_add
+        ((member, due),) = fx.timers_add
         assert member == timer_member("retry", "c1", "n1", 0, attempt + 1)
         delays.append(due - NOW.timestamp())
         fx = machine.on_timer(state, timer(state, "retry"), NOW)
@@ -111,7 +121,8 @@ def test_failed_is_retried_with_backoff_then_moves_on(machine: Machine) -> None:
 
 def test_missing_addresses_are_suppressed_and_skipped(machine: Machine) -> None:
     state, fx = machine.start(
-        req(type="repayment_due", contacts={"email": "li@example.com"}), None, NOW)
+        req(type="repayment_due", contacts={"email": "li@example.com"}), None, NOW
+    )
     assert [d.channel for d in fx.dispatches] == ["email"]
     assert path(state) == ["push suppressed", "sms suppressed"]
     assert [r.decision for r in fx.records] == ["suppressed: no_address"] * 2
@@ -151,12 +162,14 @@ def test_step_timeout_moves_on_without_retrying(machine: Machine) -> None:
 
 
 def test_expiry(machine: Machine) -> None:
-    past = req(expires_at=(NOW - timedelta(seconds=1)).isoformat(),
-               contacts={"phone": "+8613800000001"})
+    past = req(
+        expires_at=(NOW - timedelta(seconds=1)).isoformat(), contacts={"phone": "+8613800000001"}
+    )
     state, fx = machine.start(past, None, NOW)
     assert fx.final is not None and fx.final.status == "expired" and not fx.dispatches
-    later = req(expires_at=(NOW + timedelta(minutes=5)).isoformat(),
-                contacts={"phone": "+8613800000001"})
+    later = req(
+        expires_at=(NOW + timedelta(minutes=5)).isoformat(), contacts={"phone": "+8613800000001"}
+    )
     state, fx = machine.start(later, None, NOW)
     assert timer_member("expire", "c1", "n1", 0, 0) in [m for m, _ in fx.timers_add]
     fx = machine.on_timer(state, timer(state, "expire", 0, 0), NOW)
@@ -165,10 +178,13 @@ def test_expiry(machine: Machine) -> None:
 
 
 def test_verification_callback_tries_employer_first_then_other_backups(machine: Machine) -> None:
-    p = profile(phone="+8613800000001", backup_contacts=[
-        {"name": "Spouse", "relation": "spouse", "phone": "+8613800000006"},
-        {"name": "Boss", "relation": "employer", "phone": "+8613800000002"},
-    ])
+    p = profile(
+        phone="+8613800000001",
+        backup_contacts=[
+            {"name": "Spouse", "relation": "spouse", "phone": "+8613800000006"},
+            {"name": "Boss", "relation": "employer", "phone": "+8613800000002"},
+        ],
+    )
     state, _ = machine.start(req(type="verification_callback"), p, NOW)
     assert [(lg.channel, lg.kind, lg.relation) for lg in state.legs] == [
         ("voice", "borrower", None),
@@ -187,18 +203,28 @@ def test_override_contacts_win_and_alt_phones_follow_for_voice(machine: Machine)
     p = profile(phone="+8613800000011", alt_phones=["+8613800000012"], email="a@example.com")
     state, _ = machine.start(req(), p, NOW)
     assert [lg.address for lg in state.legs] == [
-        "+8613800000011", "+8613800000012", "+8613800000011", "a@example.com"]
+        "+8613800000011",
+        "+8613800000012",
+        "+8613800000011",
+        "a@example.com",
+    ]
     state, _ = machine.start(req(contacts={"phone": "+8613800000099"}), p, NOW)
     assert [lg.address for lg in state.legs][:2] == ["+8613800000099", "+8613800000099"]
 
 
 def test_opt_out_and_revoked_consent_are_suppressed_even_when_urgent(machine: Machine) -> None:
-    p = profile(phone="+8613800000011", email="a@example.com", opted_out_channels=["voice"],
-                consents={"sms": "revoked"})
+    p = profile(
+        phone="+8613800000011",
+        email="a@example.com",
+        opted_out_channels=["voice"],
+        consents={"sms": "revoked"},
+    )
     state, fx = machine.start(req(priority="urgent"), p, NOW)
     assert [d.channel for d in fx.dispatches] == ["email"]
     assert [(a.channel, a.detail) for a in state.attempts] == [
-        ("voice", "opted_out"), ("sms", "no_consent")]
+        ("voice", "opted_out"),
+        ("sms", "no_consent"),
+    ]
 
 
 def test_policy_can_defer_and_the_leg_resumes(machine: Machine) -> None:
@@ -206,8 +232,11 @@ def test_policy_can_defer_and_the_leg_resumes(machine: Machine) -> None:
 
     class Night(ContactPolicy):
         def decide(self, state: NotificationState, leg: Leg, now: datetime) -> Verdict:
-            return Verdict("defer", "calling window", until) if now < until else super().decide(
-                state, leg, now)
+            return (
+                Verdict("defer", "calling window", until)
+                if now < until
+                else super().decide(state, leg, now)
+            )
 
     m = Machine(load_plans(), Night())
     state, fx = m.start(req(contacts={"phone": "+8613800000001"}), None, NOW)
@@ -218,7 +247,11 @@ def test_policy_can_defer_and_the_leg_resumes(machine: Machine) -> None:
 
 
 def test_record_ids_are_deterministic(machine: Machine) -> None:
-    a, fa = machine.start(req(type="repayment_due", contacts={"email": "x@example.com"}), None, NOW)
-    b, fb = machine.start(req(type="repayment_due", contacts={"email": "x@example.com"}), None, NOW)
+    _a, fa = machine.start(
+        req(type="repayment_due", contacts={"email": "x@example.com"}), None, NOW
+    )
+    _b, fb = machine.start(
+        req(type="repayment_due", contacts={"email": "x@example.com"}), None, NOW
+    )
     assert [r.record_id for r in fa.records] == [r.record_id for r in fb.records]
     assert len({r.record_id for r in fa.records}) == len(fa.records)

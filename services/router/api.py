@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
 
 from services.router.plans import PlanBook
 from services.router.state import NotificationState
@@ -27,7 +28,7 @@ from shared.masking import mask_address
 
 SETTINGS = web.AppKey("settings", RouterSettings)
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
-REDIS = web.AppKey("redis", Any)
+REDIS = web.AppKey("redis", Redis)
 PLANS = web.AppKey("plans", PlanBook)
 KEYS = web.AppKey("keys", Keys)
 
@@ -55,8 +56,9 @@ async def post_notification(request: web.Request) -> web.Response:
         field = exc.detail.split(":", 1)[0] if exc.code == "invalid_fields" else "schema"
         return json_error(400, exc.code, exc.detail, field=field)
     if request.app[PLANS].get(req.type) is None:
-        return json_error(400, "unknown_type", f"type: {req.type!r} has no routing plan",
-                          field="type")
+        return json_error(
+            400, "unknown_type", f"type: {req.type!r} has no routing plan", field="type"
+        )
     await request.app[PRODUCER].send_and_wait(
         settings.topics.requested, value=orjson.dumps(obj), key=req.customer_id.encode()
     )
@@ -74,15 +76,20 @@ def state_view(state: NotificationState) -> dict[str, Any]:
         "priority": state.priority,
         "status": state.status,
         "channel": state.channel,
-        "current": None if leg is None else {
+        "current": None
+        if leg is None
+        else {
             "channel": leg.channel,
             "recipient": mask_address(leg.channel, leg.address),
             "attempt": state.attempt,
             "phase": state.phase,
         },
         "plan": [
-            {"channel": lg.channel, "recipient": mask_address(lg.channel, lg.address),
-             "target": lg.kind}
+            {
+                "channel": lg.channel,
+                "recipient": mask_address(lg.channel, lg.address),
+                "target": lg.kind,
+            }
             for lg in state.legs
         ],
         "attempts": [a.model_dump(mode="json", exclude={"leg"}) for a in state.attempts],
@@ -108,8 +115,9 @@ async def get_timeline(request: web.Request) -> web.Response:
         if limit < 1:
             raise ValueError
     except ValueError:
-        return json_error(400, "invalid_query", "limit must be an integer from 1 to 1000",
-                          field="limit")
+        return json_error(
+            400, "invalid_query", "limit must be an integer from 1 to 1000", field="limit"
+        )
     raw = await request.app[REDIS].lrange(request.app[KEYS].timeline(cid), 0, limit - 1)
     records = [orjson.loads(r) for r in raw]
     return web.json_response({"customer_id": cid, "records": records}, dumps=_dumps)
@@ -118,7 +126,7 @@ async def get_timeline(request: web.Request) -> web.Response:
 def create_api(
     settings: RouterSettings,
     producer: AIOKafkaProducer,
-    redis: Any,
+    redis: Redis,
     plans: PlanBook,
     checks: list[tuple[str, ReadinessCheck]],
 ) -> web.Application:

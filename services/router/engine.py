@@ -15,11 +15,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from services.router.machine import Effects, Machine
@@ -49,8 +51,8 @@ from shared.metrics import (
 
 log = logging.getLogger(__name__)
 
-Msg = ConsumerRecord[bytes, bytes]
-Batch = dict[TopicPartition, list[Msg]]
+Msg: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Batch: TypeAlias = dict[TopicPartition, list[Msg]]
 INBOX_SCHEMAS = ("tongda.outcome/v1", "tongda.timer/v1")
 MAX_CONFLICT_ROUNDS = 5
 
@@ -153,8 +155,10 @@ class RouterEngine:
             self._observe(p)
         await asyncio.gather(
             self.outbox.send(out.records),
-            *(send_deadletter(self.outbox.producer, self.settings, m, e, self.service)
-              for m, e in out.dead),
+            *(
+                send_deadletter(self.outbox.producer, self.settings, m, e, self.service)
+                for m, e in out.dead
+            ),
         )
         BATCH_SIZE.labels(service=self.service).observe(size)
         BATCH_SECONDS.labels(service=self.service).observe(time.perf_counter() - started)
@@ -167,8 +171,15 @@ class RouterEngine:
             key = msg.key.decode(errors="replace") if msg.key else None
             if msg.value is None:
                 if not key:
-                    out.dead.append((msg, InvalidEvent(
-                        "missing_key", "a profile tombstone needs the customer_id as its key")))
+                    out.dead.append(
+                        (
+                            msg,
+                            InvalidEvent(
+                                "missing_key",
+                                "a profile tombstone needs the customer_id as its key",
+                            ),
+                        )
+                    )
                     continue
                 self.store.erase_customer(pipe, key)
                 continue
@@ -179,8 +190,9 @@ class RouterEngine:
             except InvalidEvent as exc:
                 out.dead.append((msg, exc))
                 continue
-            pipe.set(self.store.keys.profile(profile.customer_id),
-                     profile.model_dump_json(by_alias=True))
+            pipe.set(
+                self.store.keys.profile(profile.customer_id), profile.model_dump_json(by_alias=True)
+            )
         await self._execute(pipe)
 
     async def _requested(
@@ -251,8 +263,11 @@ class RouterEngine:
                     pending.append(p)
             results = await self._apply(pending)
             applied += [p for p, ok in zip(pending, results, strict=True) if ok]
-            groups = {p.state.id: groups[p.state.id]
-                      for p, ok in zip(pending, results, strict=True) if not ok}
+            groups = {
+                p.state.id: groups[p.state.id]
+                for p, ok in zip(pending, results, strict=True)
+                if not ok
+            }
         if groups:
             raise RuntimeError(f"state of {len(groups)} notifications kept changing; retrying")
         return applied
@@ -270,8 +285,11 @@ class RouterEngine:
         total: Effects | None = None
         for _, msg, ev in events:
             try:
-                fx = (self.machine.on_outcome(state, ev, now) if isinstance(ev, AttemptOutcome)
-                      else self.machine.on_timer(state, ev, now))
+                fx = (
+                    self.machine.on_outcome(state, ev, now)
+                    if isinstance(ev, AttemptOutcome)
+                    else self.machine.on_timer(state, ev, now)
+                )
             except Exception as exc:
                 log.exception("cannot apply event to notification")
                 out.dead.append((msg, InvalidEvent("processing_error", repr(exc))))
@@ -298,15 +316,17 @@ class RouterEngine:
         records: list[OutRecord] = []
         timeline: list[bytes] = []
         for d in fx.dispatches:
-            records.append(OutRecord(f"{base}{len(records)}", self.topics.dispatch(d.channel),
-                                     key, dumps(d)))
+            records.append(
+                OutRecord(f"{base}{len(records)}", self.topics.dispatch(d.channel), key, dumps(d))
+            )
         for r in fx.records:
             value = dumps(r)
             timeline.append(value)
             records.append(OutRecord(f"{base}{len(records)}", self.topics.audit, key, value))
         if fx.final is not None:
-            records.append(OutRecord(f"{base}{len(records)}", self.topics.status, key,
-                                     dumps(fx.final)))
+            records.append(
+                OutRecord(f"{base}{len(records)}", self.topics.status, key, dumps(fx.final))
+            )
         transition = Transition(
             notification_id=state.id,
             customer_id=state.customer_id,
@@ -328,11 +348,8 @@ class RouterEngine:
             self.store.apply(pipe, p.transition)
         return [r == 1 for r in await self._execute(pipe)]
 
-    async def _execute(self, pipe: object) -> list[object]:
+    async def _execute(self, pipe: Pipeline) -> list[Any]:
         """Run a pipeline; reload scripts once if Redis lost them (restart)."""
-        from redis.asyncio.client import Pipeline
-
-        assert isinstance(pipe, Pipeline)
         commands = list(pipe.command_stack)
         try:
             return list(await pipe.execute())

@@ -34,7 +34,9 @@ RECORD_NS = uuid.UUID("5b0f3a52-8d7e-4c1e-9f57-3c6e0c1d2a90")
 TimerKind = str
 
 
-def timer_member(kind: TimerKind, customer_id: str, notification_id: str, leg: int, att: int) -> str:
+def timer_member(
+    kind: TimerKind, customer_id: str, notification_id: str, leg: int, att: int
+) -> str:
     """The scheduler's member for one piece of scheduled work (stable, so it can be removed)."""
     return orjson.dumps([kind, customer_id, notification_id, leg, att]).decode()
 
@@ -84,8 +86,9 @@ class Machine:
             legs=self._legs(req.type, req.contacts, profile),
             policy=PolicyContext(
                 opted_out_channels=profile.opted_out_channels if profile else [],
-                revoked_channels=[c for c, v in (profile.consents if profile else {}).items()
-                                  if v == "revoked"],
+                revoked_channels=[
+                    c for c, v in (profile.consents if profile else {}).items() if v == "revoked"
+                ],
                 timezone=profile.timezone if profile else None,
             ),
         )
@@ -126,8 +129,9 @@ class Machine:
             return None
         fx = Effects()
         if t.kind == "expire":
-            fx.timers_del.append(self._member(state, state_timer_kind(state), state.leg,
-                                              state.attempt))
+            fx.timers_del.append(
+                self._member(state, state_timer_kind(state), state.leg, state.attempt)
+            )
             self._finish(state, fx, now, "expired", "expires_at passed before delivery")
             return fx
         if t.leg != state.leg or t.attempt != state.attempt:
@@ -161,13 +165,24 @@ class Machine:
                 (self._member(state, "retry", state.leg, state.attempt), due.timestamp())
             )
             fx.records.append(
-                self._record(state, leg, now, decision=f"retry: attempt {state.attempt} "
-                             f"at {due.isoformat(timespec='seconds')}", suffix="retry")
+                self._record(
+                    state,
+                    leg,
+                    now,
+                    decision=f"retry: attempt {state.attempt} "
+                    f"at {due.isoformat(timespec='seconds')}",
+                    suffix="retry",
+                )
             )
             return
         if outcome == "deferred":  # a channel may defer (e.g. provider throttling): resume later
-            self._defer(state, fx, leg, now + timedelta(seconds=leg.retry_delay_s or 1.0),
-                        "provider deferred")
+            self._defer(
+                state,
+                fx,
+                leg,
+                now + timedelta(seconds=leg.retry_delay_s or 1.0),
+                "provider deferred",
+            )
             return
         fx.fallbacks.append((leg.channel, outcome))
         self._advance(state, fx, state.leg + 1, now)
@@ -214,9 +229,7 @@ class Machine:
             )
         )
         due = now + timedelta(seconds=leg.timeout_s)
-        fx.timers_add.append(
-            (self._member(state, "step_timeout", index, attempt), due.timestamp())
-        )
+        fx.timers_add.append((self._member(state, "step_timeout", index, attempt), due.timestamp()))
         return True
 
     def _defer(
@@ -227,9 +240,14 @@ class Machine:
             (self._member(state, "retry", state.leg, state.attempt), until.timestamp())
         )
         fx.records.append(
-            self._record(state, leg, until, outcome="deferred",
-                         decision=f"deferred: {reason} until {until.isoformat(timespec='minutes')}",
-                         suffix=f"defer-{until.timestamp():.0f}")
+            self._record(
+                state,
+                leg,
+                until,
+                outcome="deferred",
+                decision=f"deferred: {reason} until {until.isoformat(timespec='minutes')}",
+                suffix=f"defer-{until.timestamp():.0f}",
+            )
         )
 
     def _finish(
@@ -253,7 +271,7 @@ class Machine:
             notification_id=state.id,
             customer_id=state.customer_id,
             type=state.type,
-            status=state.status,  # type: ignore[arg-type]
+            status=state.status,
             channel=state.channel,
             attempts=[
                 Attempt(
@@ -306,8 +324,14 @@ class Machine:
         decision = f"suppressed: {detail}" if outcome == "suppressed" else detail
         fx.records.append(
             self._record(
-                state, leg, at, outcome=outcome, decision=decision, provider=provider,
-                provider_message_id=provider_message_id, suffix="outcome",
+                state,
+                leg,
+                at,
+                outcome=outcome,
+                decision=decision,
+                provider=provider,
+                provider_message_id=provider_message_id,
+                suffix="outcome",
             )
         )
 
@@ -350,10 +374,14 @@ class Machine:
         o = override or Contacts()
         phone = o.phone or (profile.phone if profile else None)
         email = o.email or (profile.email if profile else None)
-        tokens = o.push_tokens if o.push_tokens is not None else (
-            profile.push_tokens if profile else [])
-        backups = o.backup_contacts if o.backup_contacts is not None else (
-            profile.backup_contacts if profile else [])
+        tokens = (
+            o.push_tokens if o.push_tokens is not None else (profile.push_tokens if profile else [])
+        )
+        backups = (
+            o.backup_contacts
+            if o.backup_contacts is not None
+            else (profile.backup_contacts if profile else [])
+        )
         alt_phones = profile.alt_phones if profile and not o.phone else []
         legs: list[Leg] = []
         for i, step in enumerate(plan.steps):
@@ -368,8 +396,7 @@ class Machine:
                 rank = {r: n for n, r in enumerate(step.relations)}
                 ordered = sorted(backups, key=lambda b: rank.get(b.relation, len(rank)))
                 addrs = [
-                    (b.email if step.channel == "email" else b.phone, b.relation)
-                    for b in ordered
+                    (b.email if step.channel == "email" else b.phone, b.relation) for b in ordered
                 ]
                 found = [(a, r) for a, r in addrs if a]
                 if not found:

@@ -72,15 +72,25 @@ class Outbox:
             results = await asyncio.gather(
                 *(self._produce(r) for _, r in pending), return_exceptions=True
             )
-            sent = [(p, m) for p, m in zip(pending, results, strict=True)
-                    if isinstance(m, RecordMetadata)]
+            sent = [
+                (p, m)
+                for p, m in zip(pending, results, strict=True)
+                if isinstance(m, RecordMetadata)
+            ]
             if sent:
                 await self._clear([p for p, _ in sent], [m for _, m in sent])
-            failed = [(p, e) for p, e in zip(pending, results, strict=True)
-                      if not isinstance(e, RecordMetadata)]
+            failed = [
+                (p, e)
+                for p, e in zip(pending, results, strict=True)
+                if not isinstance(e, RecordMetadata)
+            ]
             if failed:
-                log.warning("%d records not acknowledged (%s); retrying in %.1f s",
-                            len(failed), failed[0][1], delay_s)
+                log.warning(
+                    "%d records not acknowledged (%s); retrying in %.1f s",
+                    len(failed),
+                    failed[0][1],
+                    delay_s,
+                )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
             pending = [p for p, _ in failed]
@@ -113,7 +123,7 @@ class Outbox:
         for topic in self.output_topics:
             parts = reader.partitions_for_topic(topic)
             if parts is None:
-                await reader._client.force_metadata_update()  # noqa: SLF001
+                await reader._client.force_metadata_update()
                 parts = reader.partitions_for_topic(topic) or set()
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
         return tps
@@ -152,10 +162,14 @@ class Outbox:
     ) -> int:
         pos_key = self.keys.outpos(tp.topic, tp.partition)
         box_key = self.keys.outbox(tp.topic, tp.partition)
-        pending_raw: dict[bytes, bytes] = await self.redis.hgetall(box_key)
-        positions = {k.decode(): int(v) for k, v in (await self.redis.hgetall(pos_key)).items()}
-        baseline = {f"{o.topic}:{o.partition}": ends[o] for o in out_tps
-                    if f"{o.topic}:{o.partition}" not in positions}
+        pending_raw: dict[bytes, bytes] = await self.redis.hgetall(box_key)  # type: ignore[assignment]
+        raw_pos: dict[bytes, bytes] = await self.redis.hgetall(pos_key)  # type: ignore[assignment]
+        positions = {k.decode(): int(v) for k, v in raw_pos.items()}
+        baseline = {
+            f"{o.topic}:{o.partition}": ends[o]
+            for o in out_tps
+            if f"{o.topic}:{o.partition}" not in positions
+        }
         if not pending_raw:
             if baseline:  # first owner ever: everything from now on is ours to check
                 pipe = self.redis.pipeline(transaction=False)
@@ -169,7 +183,11 @@ class Outbox:
         missing = [r for eid, r in pending.items() if eid not in found]
         log.warning(
             "outbox recovery of %s[%d]: %d pending, %d already on the broker, %d resent",
-            tp.topic, tp.partition, len(pending), len(found), len(missing),
+            tp.topic,
+            tp.partition,
+            len(pending),
+            len(found),
+            len(missing),
         )
         await self.send([(tp, r) for r in missing])
         await self.redis.hdel(box_key, *pending)

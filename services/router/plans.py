@@ -43,10 +43,12 @@ class Plan(_Frozen):
     steps: list[Step] = Field(min_length=1)
 
 
+def _default_timeouts() -> dict[Channel, float]:
+    return {"sms": 120.0, "email": 300.0, "push": 60.0, "voice": 90.0}
+
+
 class Defaults(_Frozen):
-    timeout_s: dict[Channel, float] = Field(
-        default_factory=lambda: {"sms": 120.0, "email": 300.0, "push": 60.0, "voice": 90.0}
-    )
+    timeout_s: dict[Channel, float] = Field(default_factory=_default_timeouts)
     max_attempts: int = Field(default=3, ge=1, le=10)
     retry_delay_s: float = Field(default=1.0, ge=0)
 
@@ -78,4 +80,6 @@ def load_plans(path: Path | None = None) -> PlanBook:
     try:
         return PlanBook.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"invalid routing plans {path}: {describe_validation_error(exc)}") from exc
+        raise ConfigError(
+            f"invalid routing plans {path}: {describe_validation_error(exc)}"
+        ) from exc

@@ -46,15 +46,23 @@ class Scheduler:
             for member, score in due:
                 try:
                     kind, cid, nid, leg, attempt = orjson.loads(member)
-                    event = TimerFired(kind=kind, notification_id=nid, customer_id=cid,
-                                       leg=leg, attempt=attempt,
-                                       due_at=datetime.fromtimestamp(score, UTC))
+                    event = TimerFired(
+                        kind=kind,
+                        notification_id=nid,
+                        customer_id=cid,
+                        leg=leg,
+                        attempt=attempt,
+                        due_at=datetime.fromtimestamp(score, UTC),
+                    )
                 except (ValueError, TypeError):
                     log.error("dropping an unreadable scheduler entry")
                     members.append(member)
                     continue
-                futures.append(await self.producer.send(
-                    self.settings.topics.router_inbox, value=dumps(event), key=cid.encode()))
+                futures.append(
+                    await self.producer.send(
+                        self.settings.topics.router_inbox, value=dumps(event), key=cid.encode()
+                    )
+                )
                 members.append(member)
                 TIMERS_DUE.labels(kind=kind).inc()
             await asyncio.gather(*futures)

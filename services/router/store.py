@@ -82,9 +82,14 @@ class Store:
         for name, source in self._sources.items():
             self._sha[name] = str(await self.redis.script_load(source))
 
-    def _call(self, client: Redis | Pipeline, name: str, keys: Sequence[str],
-              args: Sequence[str | bytes | int | float]) -> Any:
-        return client.evalsha(self._sha[name], len(keys), *keys, *args)  # type: ignore[arg-type]
+    def _call(
+        self,
+        client: Redis | Pipeline,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int | float],
+    ) -> Any:
+        return client.evalsha(self._sha[name], len(keys), *keys, *args)
 
     def apply(self, pipe: Pipeline, t: Transition) -> None:
         k = self.keys
@@ -117,11 +122,16 @@ class Store:
 
     def erase_customer(self, pipe: Pipeline, customer_id: str) -> None:
         k = self.keys
-        keys = [k.profile(customer_id), k.timeline(customer_id),
-                k.customer_notifications(customer_id)]
+        keys = [
+            k.profile(customer_id),
+            k.timeline(customer_id),
+            k.customer_notifications(customer_id),
+        ]
         self._call(pipe, "erase", keys, [k.state("")])
 
-    async def claim_due(self, now: float, lease_until: float, limit: int) -> list[tuple[str, float]]:
+    async def claim_due(
+        self, now: float, lease_until: float, limit: int
+    ) -> list[tuple[str, float]]:
         flat = await self._call(
             self.redis, "claim", [self.keys.timers], [f"{now:.3f}", f"{lease_until:.3f}", limit]
         )
@@ -131,6 +141,7 @@ class Store:
         if not members:
             return 0
         return int(
-            await self._call(self.redis, "release", [self.keys.timers],
-                             [f"{lease_until:.3f}", *members])
+            await self._call(
+                self.redis, "release", [self.keys.timers], [f"{lease_until:.3f}", *members]
+            )
         )

@@ -194,9 +194,7 @@ class InquiryReceived(_Model):
 
 
 class InquiryEscalated(_Model):
-    schema_: Literal["inquiry.escalated/v1"] = Field(
-        default="inquiry.escalated/v1", alias="schema"
-    )
+    schema_: Literal["inquiry.escalated/v1"] = Field(default="inquiry.escalated/v1", alias="schema")
     inquiry_id: str
     customer_id: str | None
     tier: Literal["urgent", "high", "normal"]

@@ -1,0 +1,39 @@
+"""`python -m services.router`: run the router (faust worker) until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import faust
+
+from services.router.app import create_app
+from services.router.plans import load_plans
+from shared.config import RouterSettings
+from shared.errors import ConfigError
+from shared.logging import setup_logging
+from shared.topics import missing_topics, topic_specs
+
+
+def main() -> None:
+    settings = RouterSettings()
+    setup_logging("tongda-router", settings.log_level, settings.log_format)
+    try:
+        plans = load_plans(settings.plans_path)
+        missing = asyncio.run(missing_topics(settings, [t.name for t in topic_specs(settings)]))
+        if missing:
+            raise ConfigError(
+                f"topics missing on {settings.kafka_bootstrap}: {', '.join(missing)}; "
+                "create them with `python -m shared.topics`"
+            )
+    except ConfigError as exc:
+        print(f"tongda-router: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app, _ = create_app(settings, plans)
+    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The router as a faust-streaming application.
+
+faust provides the lifecycle (worker, signals, services), the timer that drives the durable
+scheduler and the agent for the low-volume inquiries stream. The high-volume path (requests,
+profiles, attempt outcomes) is `RouterEngine`'s aiokafka batch loop, run by `RouterService`
+inside the same app, because faust's per-message cost caps it far below what the batch loop
+does (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import mode
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+
+from services.router.api import create_api
+from services.router.engine import RecoveringListener, RouterEngine
+from services.router.inquiries import record_inquiry
+from services.router.machine import Machine
+from services.router.outbox import Outbox
+from services.router.plans import PlanBook
+from services.router.scheduler import Scheduler
+from services.router.store import Store
+from shared.config import RouterSettings
+from shared.contract.models import CHANNELS
+from shared.errors import InvalidEvent
+from shared.http import redis_check
+from shared.kafka import make_consumer, make_producer, send_deadletter
+from shared.redis import make_redis
+
+log = logging.getLogger(__name__)
+
+
+class RouterService(mode.Service):
+    """The batch loop, the HTTP API and their clients, started and stopped with the app.
+
+    Stop order (SIGTERM, like Kubernetes does): the HTTP API stops taking requests and
+    finishes those in flight → the batch loop stops taking batches and finishes the one in
+    hand (state written, records acknowledged, offsets committed) → the consumer leaves its
+    group → the producer flushes → Redis closes.
+    """
+
+    def __init__(self, settings: RouterSettings, plans: PlanBook, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.settings = settings
+        self.plans = plans
+        self.redis: Redis | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.engine: RouterEngine | None = None
+        self.scheduler: Scheduler | None = None
+        self.runner: web.AppRunner | None = None
+        self.stopping = asyncio.Event()
+        self.loop_task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self.redis = make_redis(s)
+        self.producer = make_producer(s, f"{s.kafka_client_id}-router")
+        await self.producer.start()
+        store = Store(self.redis, s.key_prefix, s.retention_s, s.timeline_max_records)
+        await store.load_scripts()
+        t = s.topics
+        outbox = Outbox(
+            self.redis,
+            self.producer,
+            store.keys,
+            s,
+            [t.status, t.audit] + [t.dispatch(c) for c in CHANNELS],
+        )
+        self.engine = RouterEngine(s, self.redis, store, outbox, Machine(self.plans))
+        self.scheduler = Scheduler(s, store, self.producer)
+        self.consumer = make_consumer(s, s.consumer_group, [], f"{s.kafka_client_id}-router")
+        self.consumer.subscribe(self.engine.input_topics(), listener=RecoveringListener(outbox))
+        api = create_api(
+            s,
+            self.producer,
+            self.redis,
+            self.plans,
+            [
+                ("redis", redis_check(self.redis)),
+                ("kafka", self._kafka_check),
+                ("router_loop", self._loop_check),
+            ],
+        )
+        self.runner = web.AppRunner(api, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, s.http_host, s.http_port).start()
+        await self.consumer.start()
+        self.loop_task = asyncio.create_task(self._run_loop(), name="router-batch-loop")
+        log.info("router started", extra={"http_port": s.http_port})
+
+    async def _run_loop(self) -> None:
+        assert self.engine is not None and self.consumer is not None
+        while not self.stopping.is_set():
+            try:
+                await self.engine.run(self.consumer, self.stopping)
+            except KafkaError as exc:  # e.g. a commit refused during a rebalance
+                log.warning("batch loop: %s; batch will be redelivered and deduplicated", exc)
+
+    async def _kafka_check(self) -> str | None:
+        assert self.producer is not None
+        parts = await self.producer.partitions_for(self.settings.topics.requested)
+        return None if parts else "no partitions for the requested topic"
+
+    async def _loop_check(self) -> str | None:
+        if self.loop_task is None or self.loop_task.done():
+            return "the batch loop is not running"
+        return None
+
+    async def on_stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.stopping.set()
+        if self.loop_task is not None:
+            try:
+                await asyncio.wait_for(self.loop_task, self.settings.drain_timeout_s)
+            except TimeoutError:
+                log.error("batch loop did not finish within the drain timeout")
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        log.info("router stopped")
+
+
+def create_app(settings: RouterSettings, plans: PlanBook) -> tuple[faust.App, RouterService]:
+    """The router's whole wiring: faust app, batch-loop service, scheduler timer, agent."""
+    s = settings
+    session_s = s.kafka_session_timeout_ms / 1000
+    app = faust.App(
+        s.faust_app_id,
+        broker=f"kafka://{s.kafka_bootstrap}",
+        web_enabled=False,
+        processing_guarantee="at_least_once",
+        topic_allow_declare=False,
+        producer_acks=-1,
+        broker_session_timeout=session_s,
+        broker_rebalance_timeout=session_s,
+        broker_heartbeat_interval=max(0.1, session_s / 4),
+        datadir=str(s.faust_datadir),
+    )
+    service = RouterService(s, plans)
+
+    @app.service
+    class _Router(mode.Service):  # faust instantiates it; it starts and stops our instance
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.add_dependency(service)
+
+    @app.timer(interval=s.scheduler_interval_s)  # type: ignore[untyped-decorator]
+    async def scheduler_tick() -> None:
+        if service.scheduler is not None and not service.stopping.is_set():
+            try:
+                await service.scheduler.tick()
+            except Exception:  # Redis or broker unavailable: try again next tick
+                log.exception("scheduler tick failed")
+
+    inquiries = app.topic(s.topics.inquiries, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(inquiries)
+    async def record_inquiries(stream: Any) -> None:
+        async for event in stream.events():
+            if service.redis is None or service.producer is None:
+                continue
+            try:
+                await record_inquiry(event.value, s, service.redis, service.producer)
+            except InvalidEvent as exc:
+                await send_deadletter(service.producer, s, event.message, exc, "router")
+
+    return app, service
