@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -50,20 +52,36 @@ class FakeProducer:
 
 
 class FakeConsumer:
-    """Records commits and seeks; every partition is assigned."""
+    """Serves the records given to it, honours seeks, records commits."""
 
     def __init__(self) -> None:
         self.committed: dict[TopicPartition, int] = {}
         self.seeks: list[tuple[TopicPartition, int]] = []
+        self.log: dict[TopicPartition, list[ConsumerRecord]] = {}
+        self.position: dict[TopicPartition, int] = {}
+        self.commits = asyncio.Event()
 
     def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition("any", 0)}
+        return set(self.log)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
+        self.position[tp] = offset
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.committed.update(offsets)
+        self.commits.set()
+
+    async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumerRecord]]:
+        batch = {}
+        for tp, records in self.log.items():
+            fresh = [r for r in records if r.offset >= self.position.get(tp, 0)]
+            if fresh:
+                batch[tp] = fresh
+                self.position[tp] = fresh[-1].offset + 1
+        if not batch:
+            await asyncio.sleep(timeout_ms / 1000)
+        return batch
 
 
 class FakeProvider(Provider):
@@ -342,8 +360,38 @@ async def test_wait_idle_reports_receipts_still_pending(harness: Callable[..., H
 
 
 async def test_attempts_never_reported_are_forgotten(harness: Callable[..., Harness]) -> None:
-    h = harness(receipt_timeout_s=0.0)
-    await h.receipts.accepted("pm-lost", AttemptRef.of(dispatch("sms", PHONE)))
-    await asyncio.sleep(0.01)
+    h = harness(receipt_timeout_s=60.0)
+    old = replace(AttemptRef.of(dispatch("sms", PHONE)), handed_at=time.time() - 61)
+    await h.receipts.accepted("pm-lost", old)
+    await h.receipts.accepted("pm-recent", AttemptRef.of(dispatch("sms", PHONE)))
     assert h.receipts.expire() == 1
+    assert len(h.receipts) == 1
+    assert await h.receipts.resolve(Receipt("pm-recent", "delivered")) is True
     assert await h.receipts.wait_idle(0.01) == 0
+
+
+async def test_loop_retries_a_failed_batch_then_commits_it(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness()
+    d = dispatch("sms", PHONE)
+    h.consumer.log[h.tp] = [h.record(d)]
+    real_claim = h.worker.claim
+    failures = [ConnectionError("redis went away")]
+
+    async def flaky_claim(ds: list[Dispatch]) -> list[Dispatch]:
+        if failures:
+            raise failures.pop()
+        return await real_claim(ds)
+
+    monkeypatch.setattr(h.worker, "claim", flaky_claim)
+    loop = asyncio.create_task(h.worker.run())
+    try:
+        await asyncio.wait_for(h.consumer.commits.wait(), 5)
+    finally:
+        h.worker.stop_fetching()
+        await asyncio.wait_for(loop, 2)
+    assert h.consumer.committed == {h.tp: 1}
+    assert h.consumer.seeks == [(h.tp, 0)]  # fetched again from the batch's first record
+    assert len(h.provider.calls) == 1 and len(h.outcomes()) == 1
+    assert h.worker.last_error is None

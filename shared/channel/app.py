@@ -102,7 +102,7 @@ def channel_settings(channel: Channel) -> ChannelSettings:
 
 
 def run(channel: Channel, make_provider: ProviderFactory) -> None:
-    """Run a channel service until SIGTERM or SIGINT, then drain; exit 2 on bad configuration."""
+    """Serve until SIGTERM or SIGINT, then drain. Exit 2 on bad configuration, 1 on failure."""
     settings = channel_settings(channel)
     setup_logging(f"tongda-{channel}", settings.log_level, settings.log_format)
     try:
@@ -119,4 +119,7 @@ def run(channel: Channel, make_provider: ProviderFactory) -> None:
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         sys.exit(2)
+    except Exception as exc:  # e.g. Kafka or Redis unreachable at start-up
+        log.critical("cannot start: %s: %s", type(exc).__name__, exc, exc_info=True)
+        sys.exit(1)
     log.info("stopped", extra={"pid": os.getpid()})

@@ -83,8 +83,8 @@ class ChannelService:
         8. close Redis.
         """
         deadline = time.monotonic() + self.settings.drain_timeout_s
-        pending = len(self.receipts) if self.receipts is not None else 0
-        log.info("draining", extra={"receipts_pending": pending})
+        if self.worker is not None and self.receipts is not None:
+            log.info("draining", extra={"receipts_pending": len(self.receipts)})
         if self.worker is not None and self.loop_task is not None:
             self.worker.stop_fetching()
             await _wait_or_cancel(self.loop_task, deadline - time.monotonic())

@@ -98,15 +98,18 @@ class ChannelWorker:
                 self.receipts.expire()
                 if not batch or self._stopping.is_set():
                     continue  # a batch fetched after the stop stays uncommitted: refetched
-                await self.process(batch)
+                try:
+                    await self.process(batch)
+                except Exception:
+                    self._rewind(batch)  # its sends already handed over are skipped as claimed
+                    raise
                 await self.commit()
                 self.last_error, failures = None, 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("batch failed; fetching it again")
-                self._rewind(batch)
+                log.exception("batch failed; retrying")
                 await self._backoff(RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)])
                 failures += 1
 
@@ -205,9 +208,10 @@ class ChannelWorker:
         return dispatch
 
     def _rewind(self, batch: Batch) -> None:
+        """Fetch the batch again (the partitions still ours), from its first record."""
         assigned = self.consumer.assignment()
         for tp, rs in batch.items():
-            if tp in assigned and tp not in self._uncommitted:
+            if tp in assigned:
                 self.consumer.seek(tp, rs[0].offset)
 
     async def _backoff(self, seconds: float) -> None:
