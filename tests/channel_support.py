@@ -44,6 +44,7 @@ def make_settings(broker: str, redis_server: str) -> Callable[..., ChannelSettin
             "kafka_bootstrap": broker,
             "redis_url": redis_server,
             "kafka_topic_partitions": 2,
+            "kafka_session_timeout_ms": 1500,  # joins its group in ~0.75 s
             "topics": unique_topics(tag),
             "key_prefix": f"{tag}:",
             "consumer_group": f"{tag}-{channel}",
@@ -158,6 +159,7 @@ def service_env(settings: ChannelSettings) -> dict[str, str]:
         TONGDA_HTTP_HOST="127.0.0.1",
         TONGDA_KEY_PREFIX=settings.key_prefix,
         TONGDA_CONSUMER_GROUP=settings.group,
+        TONGDA_KAFKA_SESSION_TIMEOUT_MS=str(settings.kafka_session_timeout_ms),
         TONGDA_SANDBOX_TIME_SCALE=str(settings.sandbox_time_scale),
         TONGDA_DRAIN_TIMEOUT_S=str(settings.drain_timeout_s),
         TONGDA_LOG_FORMAT="json",
