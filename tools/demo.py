@@ -305,24 +305,22 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
         f"     {'id':<{w}}  {'type':<21}  {'status':<10}  {'expected':<10}  channel path",
     ]
     for nid, n in zip(ids, result.notifications, strict=True):
-        mark = " ok" if n.ok else "XX "
+        mark = "ok" if n.ok else "XX"
         status = n.status or "(none)"
         if len(n.statuses) > 1:
             status += f" ×{len(n.statuses)}"
         lines.append(
-            f"  {mark}{nid:<{w}}  {n.scenario.type:<21}  {status:<10}  "
+            f"  {mark:<3}{nid:<{w}}  {n.scenario.type:<21}  {status:<10}  "
             f"{n.scenario.expected_status:<10}  {path_text(n.path)}"
         )
-        pad = " " * (w + 5 + 21 + 2 + 10 + 2 + 10 + 2)
+        pad = " " * 8
         if n.statuses and not n.path_ok:
-            lines.append(f"{pad}(expected path: {n.scenario.expected_path_text()})")
+            lines.append(f"{pad}path differs from the expected {n.scenario.expected_path_text()}")
         if verbose:
             for a in n.attempts:
                 detail = f" ({_safe(a['detail'])})" if a.get("detail") else ""
-                lines.append(
-                    f"{pad}· {a.get('channel')} to {_safe(a.get('recipient'))}: "
-                    f"{a.get('outcome')}{detail}"
-                )
+                to = _safe(a["recipient"]) if a.get("recipient") else "(no address)"
+                lines.append(f"{pad}· {a.get('channel')} to {to}: {a.get('outcome')}{detail}")
     lines += [
         "",
         "Channels",
@@ -337,15 +335,15 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
     lines += ["", "Dead letters (notifications.deadletter)"]
     tw = max((len(d.scenario.title) for d in result.deadletters), default=10)
     for d in result.deadletters:
-        mark = " ok" if d.ok else "XX "
+        mark = "ok" if d.ok else "XX"
         want = d.scenario.expected_error or "any error"
         if not d.records:
-            lines.append(f"  {mark}{d.scenario.title:<{tw}}  not seen (expected error={want})")
+            lines.append(f"  {mark:<3}{d.scenario.title:<{tw}}  not seen (expected error={want})")
             continue
         h = d.records[0]
         extra = f" ×{len(d.records)}" if len(d.records) > 1 else ""
         lines.append(
-            f"  {mark}{d.scenario.title:<{tw}}  error={h.get('error')}{extra} "
+            f"  {mark:<3}{d.scenario.title:<{tw}}  error={h.get('error')}{extra} "
             f"(expected {want}): {_safe(h.get('error-detail', ''))[:80]}"
         )
     if result.seen.stray:
@@ -373,6 +371,7 @@ async def _main(args: argparse.Namespace) -> int:
     stack = Stack(
         run_dir=args.run_dir,
         log_dir=args.run_dir / "demo-logs",
+        data_dir=args.run_dir / "demo-data",
         ready_timeout_s=args.ready_timeout,
         sandbox_time_scale=args.time_scale,
     )

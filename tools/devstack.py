@@ -633,6 +633,7 @@ class StackOptions:
 
     run_dir: Path = DEFAULT_RUN_DIR
     log_dir: Path | None = None  # default: <run_dir>/logs
+    data_dir: Path | None = None  # files services keep (faust's datadir); default <run_dir>/data
     services: tuple[str, ...] = SERVICES
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
@@ -657,6 +658,7 @@ class Stack:
             raise DevstackError(f"unknown service(s) {unknown}; known: {', '.join(SERVICES)}")
         self.options = opts
         self.log_dir = opts.log_dir or opts.run_dir / "logs"
+        self.data_dir = opts.data_dir or opts.run_dir / "data"
         self.api_token = opts.api_token or secrets.token_urlsafe(24)
         self.broker = Broker(self.log_dir / "broker.log", detached=opts.detached)
         self.redis = RedisServer(self.log_dir / "redis.log", detached=opts.detached)
@@ -705,8 +707,10 @@ class Stack:
             env["TONGDA_LOG_LEVEL"] = o.log_level
         if name == "router":
             env["TONGDA_API_TOKEN"] = self.api_token
+            # faust's datadir: one per stack, never the shared default under /tmp
+            env["TONGDA_FAUST_DATADIR"] = str(self.data_dir.resolve() / "router")
             if o.plans_path:
-                env["TONGDA_PLANS_PATH"] = str(o.plans_path)
+                env["TONGDA_PLANS_PATH"] = str(o.plans_path.resolve())
         else:
             env["TONGDA_CHANNEL"] = name
             if o.sandbox_time_scale is not None:
@@ -734,6 +738,7 @@ class Stack:
     async def start(self) -> Self:
         """Start everything; on any failure stop what was started and raise."""
         t0 = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             # Both are ready in milliseconds: started inline, so a cancellation never
             # leaves one starting in a thread behind our back.
