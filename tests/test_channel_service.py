@@ -4,7 +4,9 @@ channel, duplicate dispatches, dead letters, start-up checks, and draining on SI
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -207,3 +209,23 @@ async def test_sigterm_drains_pending_receipts_and_exits_0(
     assert not any(d.recipient in log for d, _ in sent)  # addresses only masked
     drained = [orjson.loads(line) for line in log.splitlines() if '"drained"' in line]
     assert drained and drained[0]["receipts_left"] == 0
+
+
+async def test_drain_gives_up_on_receipts_at_drain_timeout(
+    make_settings: MakeSettings, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = make_settings("voice", sandbox_time_scale=1.0, drain_timeout_s=0.3)
+    await create_topics(s)
+    d = dispatch("voice", "+8613800130002")  # no answer after a 3 s ring timeout
+
+    async def handed_over() -> bool:
+        return await redis.hlen(f"{s.key_prefix}sandbox:sends") == 1
+
+    with caplog.at_level(logging.INFO):
+        async with serving(create_app(s, VoiceSandbox()), s.http_port):
+            await produce(s, s.topics.dispatch("voice"), records_of([d]))
+            await wait_until(handed_over)
+            stopping = time.monotonic()
+    assert time.monotonic() - stopping < 2.0  # not the 3 s the call would take
+    drained = [r for r in caplog.records if r.getMessage() == "drained"]
+    assert [r.__dict__["receipts_left"] for r in drained] == [1]

@@ -103,7 +103,7 @@ class ChannelService:
         if self.producer is not None:
             await _quietly(self.producer.stop(), "producer stop")
         if self.redis is not None:
-            await _quietly(self.redis.aclose(), "redis close")
+            await _quietly(self.redis.aclose(close_connection_pool=True), "redis close")
 
 
 async def _wait_or_cancel(task: asyncio.Task[None], limit_s: float) -> None:

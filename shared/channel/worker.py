@@ -45,6 +45,7 @@ Batch: TypeAlias = dict[TopicPartition, list[Record]]
 
 FETCH_TIMEOUT_MS = 200  # how long one fetch waits; also how fast a stop is noticed
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+EXPIRE_EVERY_S = 10.0  # how often attempts never reported are looked for
 
 
 def sent_key(settings: ChannelSettings, dispatch: Dispatch) -> str:
@@ -83,6 +84,7 @@ class ChannelWorker:
         self._send_slots = asyncio.Semaphore(settings.max_in_flight)
         self._stopping = asyncio.Event()
         self._uncommitted: dict[TopicPartition, int] = {}
+        self._next_expiry = 0.0
 
     def stop_fetching(self) -> None:
         """Take no new batch; the batch in hand is still handed over and committed."""
@@ -95,7 +97,7 @@ class ChannelWorker:
             batch: Batch = {}
             try:
                 batch = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
-                self.receipts.expire()
+                self._expire_receipts()
                 if not batch or self._stopping.is_set():
                     continue  # a batch fetched after the stop stays uncommitted: refetched
                 try:
@@ -206,6 +208,12 @@ class ChannelWorker:
             await send_deadletter(self.producer, self.settings, record, exc, self.service)
             return None
         return dispatch
+
+    def _expire_receipts(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRE_EVERY_S
+            self.receipts.expire()
 
     def _rewind(self, batch: Batch) -> None:
         """Fetch the batch again (the partitions still ours), from its first record."""
