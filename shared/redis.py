@@ -7,9 +7,7 @@ than reused, so a cancelled task never hands a half-read reply to the next calle
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,9 +16,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.config import CommonSettings
 
 
-def make_redis(settings: CommonSettings) -> Redis:
-    return Redis.from_url(
+def make_redis(settings: CommonSettings, max_connections: int = 64) -> Redis:
+    """A client whose pool waits (up to the socket timeout) for a free connection when all
+    are busy, instead of failing the command: bursts queue, they do not error."""
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=max_connections,
+        timeout=settings.redis_socket_timeout_s,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_keepalive=True,
@@ -28,13 +30,5 @@ def make_redis(settings: CommonSettings) -> Redis:
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
-        max_connections=64,
     )
-
-
-class Script:
-    """A Lua script loaded once and called by EVALSHA (redis-py falls back to EVAL)."""
-
-    def __init__(self, redis: Redis, path: Path) -> None:
-        self.source = path.read_text()
-        self.script = redis.register_script(self.source)
+    return Redis(connection_pool=pool)

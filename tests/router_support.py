@@ -85,7 +85,7 @@ async def engine_harness(
     consumer = None
     if run:
         consumer = make_consumer(s, s.consumer_group, [], "test-router")
-        consumer.subscribe(engine.input_topics(), listener=RecoveringListener(outbox))
+        consumer.subscribe(engine.input_topics(), listener=RecoveringListener(engine))
         await consumer.start()
         task = asyncio.create_task(engine.run(consumer, stopping))
     try:

@@ -78,7 +78,9 @@ class RouterService(mode.Service):
         self.engine = RouterEngine(s, self.redis, store, outbox, Machine(self.plans))
         self.scheduler = Scheduler(s, store, self.producer)
         self.consumer = make_consumer(s, s.consumer_group, [], f"{s.kafka_client_id}-router")
-        self.consumer.subscribe(self.engine.input_topics(), listener=RecoveringListener(outbox))
+        self.consumer.subscribe(
+            self.engine.input_topics(), listener=RecoveringListener(self.engine)
+        )
         api = create_api(
             s,
             self.producer,

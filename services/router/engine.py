@@ -101,6 +101,9 @@ class RouterEngine:
         self.outbox = outbox
         self.machine = machine
         self.topics = settings.topics
+        # Held while a batch is processed (state, records, outbox cleared). Rebalance callbacks
+        # take it too, so a partition never moves, and is never recovered, mid-batch.
+        self.batch_lock = asyncio.Lock()
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -113,7 +116,10 @@ class RouterEngine:
             batch: Batch = await consumer.getmany(timeout_ms=200)
             if not batch:
                 continue
-            await self.process_until_done(batch, consumer.assignment())
+            async with self.batch_lock:
+                await self.process_until_done(batch, consumer.assignment())
+            # Outside the lock: a commit refused by a rebalance only means redelivery, which
+            # the state versions turn into no-ops.
             await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
 
     async def process_until_done(self, batch: Batch, assigned: Iterable[TopicPartition]) -> None:
@@ -374,15 +380,18 @@ class RouterEngine:
 
 
 class RecoveringListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Recovers each newly assigned partition's outbox before its first batch."""
+    """Lets the batch in hand finish before partitions move; recovers each newly assigned
+    partition's outbox before its first batch."""
 
-    def __init__(self, outbox: Outbox) -> None:
-        self.outbox = outbox
+    def __init__(self, engine: RouterEngine) -> None:
+        self.engine = engine
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        return None
+        async with self.engine.batch_lock:  # waits for the in-flight batch to be cleared
+            return None
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        resent = await self.outbox.recover(assigned)
+        async with self.engine.batch_lock:
+            resent = await self.engine.outbox.recover(assigned)
         if resent:
             log.warning("outbox recovery resent %d records", resent)
