@@ -1,5 +1,6 @@
 # tongda: developer and CI entry points. GNU make; works on a fresh Debian machine as root.
-# `make help` lists the targets.
+# `make help` lists the targets. Extra arguments: PYTEST_ARGS='-k x', DEMO_ARGS='-v',
+# UP_ARGS='--time-scale 0.1'; PYTHON=python3.11 picks the interpreter for .venv.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -11,6 +12,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
+UP_ARGS ?=
 
 export PYTHONDONTWRITEBYTECODE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -42,10 +45,10 @@ $(STAMP): pyproject.toml constraints.txt | deps
 	@touch $@
 
 demo: $(STAMP) ## run the scripted demo on its own stack (free ports), print the summary, stop it
-	$(PY) -m tools.demo
+	$(PY) -m tools.demo $(DEMO_ARGS)
 
 up: $(STAMP) ## start broker, Redis, router and channels in the background (.run/env, .run/pids)
-	$(PY) -m tools.devstack up
+	$(PY) -m tools.devstack up $(UP_ARGS)
 
 down: ## stop what `make up` started
 	@if [ -x $(PY) ]; then $(PY) -m tools.devstack down; else $(PYTHON) -m tools.devstack down; fi
