@@ -137,8 +137,7 @@ MEANINGS: dict[str, dict[str, str]] = {
         "dedupe_ttl_s": "How long an attempt's claim (`sent:` key) and its receipt "
         "correlation live in Redis: the window in which a redelivered dispatch is "
         "recognised as sent (7 days).",
-        "sandbox_time_scale": "Multiplies the sandbox's realistic delays (0.1 = ten times "
-        "faster).",
+        "sandbox_time_scale": "Multiplies the sandbox's realistic delays (0.1 = ten times faster).",
         "sandbox_ledger": "Count every send reaching the sandbox in the Redis hash "
         "`sandbox:sends`, field `<channel>:<notification>:<leg>:<attempt>` (the tests use it to "
         "prove no attempt reached the provider twice).",
