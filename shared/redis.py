@@ -31,4 +31,4 @@ def make_redis(settings: CommonSettings, max_connections: int = 64) -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from services.router.outbox import EFFECT_HEADER, OutRecord
-from services.router.state import NotificationState
+from services.router.state import decode_state
 from tests.router_support import Harness, Reader, engine_harness, header, value
 
 NOW = datetime.now(UTC).isoformat()
@@ -194,7 +194,7 @@ async def test_step_timeout_fires_from_the_scheduler(
                 await r.poll()
             assert fired == 1
             raw = await h.redis.hget(h.store.keys.state("to"), "s")
-            state = NotificationState.model_validate_json(raw)
+            state = decode_state(raw)
             assert state.attempts[0].outcome == "failed"
             assert "step timeout" in (state.attempts[0].detail or "")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from services.router.machine import Machine, timer_member
@@ -146,10 +147,10 @@ def test_duplicate_and_stale_outcomes_change_nothing(machine: Machine) -> None:
     state, _ = machine.start(req(contacts={"phone": "+8613800000001"}), None, NOW)
     first = outcome(state, "busy")
     assert machine.on_outcome(state, first, NOW) is not None
-    snapshot = state.model_dump()
+    snapshot = msgspec.to_builtins(state)
     assert machine.on_outcome(state, first, NOW) is None
     assert machine.on_timer(state, timer(state, "step_timeout", leg=0, attempt=1), NOW) is None
-    assert state.model_dump() == snapshot
+    assert msgspec.to_builtins(state) == snapshot
 
 
 def test_step_timeout_moves_on_without_retrying(machine: Machine) -> None:

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from services.router.plans import PlanBook
-from services.router.state import NotificationState
+from services.router.state import NotificationState, decode_state
 from services.router.store import Keys
 from shared.config import RouterSettings
 from shared.contract.codec import MAX_VALUE_BYTES, check_schema, validate
@@ -92,7 +92,17 @@ def state_view(state: NotificationState) -> dict[str, Any]:
             }
             for lg in state.legs
         ],
-        "attempts": [a.model_dump(mode="json", exclude={"leg"}) for a in state.attempts],
+        "attempts": [
+            {
+                "channel": a.channel,
+                "recipient": a.recipient,
+                "outcome": a.outcome,
+                "at": a.at.isoformat(),
+                "provider": a.provider,
+                "detail": a.detail,
+            }
+            for a in state.attempts
+        ],
         "occurred_at": state.occurred_at.isoformat(),
         "received_at": state.received_at.isoformat(),
         "completed_at": state.completed_at.isoformat() if state.completed_at else None,
@@ -104,7 +114,7 @@ async def get_notification(request: web.Request) -> web.Response:
     raw = await request.app[REDIS].hget(request.app[KEYS].state(nid), "s")
     if raw is None:
         return json_error(404, "not_found", f"no notification with id {nid!r}")
-    state = NotificationState.model_validate_json(raw)
+    state = decode_state(raw if isinstance(raw, bytes) else raw.encode())
     return web.json_response(state_view(state), dumps=_dumps)
 
 

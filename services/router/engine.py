@@ -15,18 +15,16 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
 
 from services.router.machine import Effects, Machine
 from services.router.outbox import Outbox, OutRecord
-from services.router.state import NotificationState
+from services.router.state import NotificationState, decode_state, encode_state
 from services.router.store import Store, Transition
 from shared.config import RouterSettings
 from shared.contract.codec import decode, decode_any, dumps
@@ -48,6 +46,7 @@ from shared.metrics import (
     NOTIFICATIONS_FINAL,
     STALE_EVENTS,
 )
+from shared.resp import pack
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ class RouterEngine:
     # --- per topic ------------------------------------------------------------------------
 
     async def _profiles(self, items: Sequence[tuple[TopicPartition, Msg]], out: _BatchOut) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[bytes] = []
         for _, msg in items:
             key = msg.key.decode(errors="replace") if msg.key else None
             if msg.value is None:
@@ -187,7 +186,7 @@ class RouterEngine:
                         )
                     )
                     continue
-                self.store.erase_customer(pipe, key)
+                commands.append(self.store.erase_customer(key))
                 continue
             try:
                 profile = decode(msg.value, CustomerProfile)
@@ -196,10 +195,14 @@ class RouterEngine:
             except InvalidEvent as exc:
                 out.dead.append((msg, exc))
                 continue
-            pipe.set(
-                self.store.keys.profile(profile.customer_id), profile.model_dump_json(by_alias=True)
+            commands.append(
+                pack(
+                    "SET",
+                    self.store.keys.profile(profile.customer_id),
+                    profile.model_dump_json(by_alias=True),
+                )
             )
-        await self._execute(pipe)
+        await self.store.run(commands)
 
     async def _requested(
         self, items: Sequence[tuple[TopicPartition, Msg]], now: datetime, out: _BatchOut
@@ -221,7 +224,9 @@ class RouterEngine:
         if not reqs:
             return []
         cids = list({r.customer_id for _, _, r in reqs})
-        raw_profiles = await self.redis.mget([self.store.keys.profile(c) for c in cids])
+        (raw_profiles,) = await self.store.run(
+            [pack("MGET", *[self.store.keys.profile(c) for c in cids])]
+        )
         profiles = {
             c: CustomerProfile.model_validate_json(v) if v else None
             for c, v in zip(cids, raw_profiles, strict=True)
@@ -255,10 +260,9 @@ class RouterEngine:
             if not groups:
                 break
             nids = list(groups)
-            pipe = self.redis.pipeline(transaction=False)
-            for nid in nids:
-                pipe.hmget(self.store.keys.state(nid), "v", "s")
-            rows = await self._execute(pipe)
+            rows = await self.store.run(
+                [pack("HMGET", self.store.keys.state(nid), "v", "s") for nid in nids]
+            )
             pending = []
             for nid, (v, s) in zip(nids, rows, strict=True):
                 if v is None:
@@ -287,7 +291,7 @@ class RouterEngine:
         now: datetime,
         out: _BatchOut,
     ) -> _Pending | None:
-        state = NotificationState.model_validate_json(raw_state)
+        state = decode_state(raw_state)
         total: Effects | None = None
         for _, msg, ev in events:
             try:
@@ -337,7 +341,7 @@ class RouterEngine:
             notification_id=state.id,
             customer_id=state.customer_id,
             expected_version=expected,
-            state_json=state.model_dump_json().encode(),
+            state_json=encode_state(state),
             outbox_key=self.store.keys.outbox(tp.topic, tp.partition),
             outbox=[(r.effect_id, r.pack()) for r in records],
             timers_add=fx.timers_add,
@@ -347,23 +351,8 @@ class RouterEngine:
         return _Pending(transition, records, fx, state, tp)
 
     async def _apply(self, pending: Sequence[_Pending]) -> list[bool]:
-        if not pending:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for p in pending:
-            self.store.apply(pipe, p.transition)
-        return [r == 1 for r in await self._execute(pipe)]
-
-    async def _execute(self, pipe: Pipeline) -> list[Any]:
-        """Run a pipeline; reload scripts once if Redis lost them (restart)."""
-        commands = list(pipe.command_stack)
-        try:
-            return list(await pipe.execute())
-        except NoScriptError:
-            await self.store.load_scripts()
-            retry = self.redis.pipeline(transaction=False)
-            retry.command_stack = commands
-            return list(await retry.execute())
+        replies = await self.store.run([self.store.apply(p.transition) for p in pending])
+        return [r == 1 for r in replies]
 
     def _observe(self, p: _Pending) -> None:
         for r in p.effects.records:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import orjson
+from msgspec.structs import replace
 
 from services.router.plans import PlanBook
 from services.router.policy import ContactPolicy
@@ -19,10 +20,12 @@ from services.router.state import AttemptEntry, Leg, NotificationState, PolicyCo
 from shared.contract.models import (
     Attempt,
     AttemptOutcome,
+    Channel,
     CommsRecord,
     Contacts,
     CustomerProfile,
     Dispatch,
+    FinalStatus,
     NotificationRequested,
     NotificationStatus,
     Outcome,
@@ -54,11 +57,30 @@ class Effects:
 
 
 class Machine:
-    """Plans, advances and finishes notifications."""
+    """Plans, advances and finishes notifications.
+
+    Output models are built from already-validated values with `model_construct`, every
+    field given (no second validation, no default factories): this is the hot path.
+    """
 
     def __init__(self, plans: PlanBook, policy: ContactPolicy | None = None) -> None:
         self.plans = plans
         self.policy = policy or ContactPolicy()
+        # Each plan step as a leg with no address yet: expanded per notification by replace().
+        self._steps = {
+            type_: [
+                Leg(
+                    step=i,
+                    channel=step.channel,
+                    address=None,
+                    timeout_s=plans.timeout_s(step),
+                    max_attempts=plans.max_attempts(step),
+                    retry_delay_s=plans.retry_delay_s(step),
+                )
+                for i, step in enumerate(plan.steps)
+            ]
+            for type_, plan in plans.plans.items()
+        }
 
     # --- entry points ---------------------------------------------------------------------
 
@@ -211,7 +233,8 @@ class Machine:
         assert leg.address is not None  # policy suppresses legs without an address
         state.phase = "dispatched"
         fx.dispatches.append(
-            Dispatch(
+            Dispatch.model_construct(
+                schema_="tongda.dispatch/v1",
                 notification_id=state.id,
                 customer_id=state.customer_id,
                 type=state.type,
@@ -255,26 +278,27 @@ class Machine:
         state: NotificationState,
         fx: Effects,
         now: datetime,
-        status: str,
+        status: FinalStatus,
         decision: str | None,
-        channel: str | None = None,
+        channel: Channel | None = None,
     ) -> None:
-        state.status = status  # type: ignore[assignment]
+        state.status = status
         state.phase = "final"
-        state.channel = channel  # type: ignore[assignment]
+        state.channel = channel
         state.completed_at = now
         if state.expires_at is not None and status != "expired":
             fx.timers_del.append(self._member(state, "expire", 0, 0))
         if decision:
             fx.records.append(self._record(state, None, now, decision=decision, suffix="final"))
-        fx.final = NotificationStatus(
+        fx.final = NotificationStatus.model_construct(
+            schema_="notification.status/v1",
             notification_id=state.id,
             customer_id=state.customer_id,
             type=state.type,
-            status=state.status,
+            status=status,
             channel=state.channel,
             attempts=[
-                Attempt(
+                Attempt.model_construct(
                     channel=a.channel,
                     recipient=a.recipient,
                     outcome=a.outcome,
@@ -290,7 +314,7 @@ class Machine:
     # --- helpers --------------------------------------------------------------------------
 
     @staticmethod
-    def _final_status(state: NotificationState) -> str:
+    def _final_status(state: NotificationState) -> FinalStatus:
         if state.attempts and all(a.outcome == "suppressed" for a in state.attempts):
             return "suppressed"
         if not state.attempts:
@@ -348,7 +372,9 @@ class Machine:
         provider_message_id: str | None = None,
     ) -> CommsRecord:
         key = f"{state.id}:{state.leg}:{state.attempt}:{suffix}"
-        return CommsRecord(
+        return CommsRecord.model_construct(
+            schema_="comms.record/v1",
+            inquiry_id=None,
             record_id=str(uuid.uuid5(RECORD_NS, key)),
             notification_id=state.id,
             customer_id=state.customer_id,
@@ -384,35 +410,30 @@ class Machine:
         )
         alt_phones = profile.alt_phones if profile and not o.phone else []
         legs: list[Leg] = []
-        for i, step in enumerate(plan.steps):
-            base = {
-                "step": i,
-                "channel": step.channel,
-                "timeout_s": self.plans.timeout_s(step),
-                "max_attempts": self.plans.max_attempts(step),
-                "retry_delay_s": self.plans.retry_delay_s(step),
-            }
+        for step, base in zip(plan.steps, self._steps[type_], strict=True):
             if step.target == "backup_contacts":
                 rank = {r: n for n, r in enumerate(step.relations)}
                 ordered = sorted(backups, key=lambda b: rank.get(b.relation, len(rank)))
-                addrs = [
+                found = [
                     (b.email if step.channel == "email" else b.phone, b.relation) for b in ordered
                 ]
-                found = [(a, r) for a, r in addrs if a]
+                found = [(a, r) for a, r in found if a]
                 if not found:
-                    legs.append(Leg(**base, address=None, kind="backup_contact"))
-                for addr, rel in found:
-                    legs.append(Leg(**base, address=addr, kind="backup_contact", relation=rel))
-                continue
-            if step.channel == "voice":
-                legs.append(Leg(**base, address=phone))
-                legs += [Leg(**base, address=p, kind="alt_phone") for p in alt_phones if p != phone]
+                    legs.append(replace(base, kind="backup_contact"))
+                legs += [
+                    replace(base, address=a, kind="backup_contact", relation=r) for a, r in found
+                ]
+            elif step.channel == "voice":
+                legs.append(replace(base, address=phone))
+                legs += [
+                    replace(base, address=p, kind="alt_phone") for p in alt_phones if p != phone
+                ]
             elif step.channel == "sms":
-                legs.append(Leg(**base, address=phone))
+                legs.append(replace(base, address=phone))
             elif step.channel == "email":
-                legs.append(Leg(**base, address=email))
+                legs.append(replace(base, address=email))
             else:
-                legs += [Leg(**base, address=t) for t in tokens] or [Leg(**base, address=None)]
+                legs += [replace(base, address=t) for t in tokens] or [base]
         return legs
 
 

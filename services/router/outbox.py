@@ -18,11 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata, TopicPartition
 from redis.asyncio import Redis
 
 from services.router.store import Keys
 from shared.config import CommonSettings
+from shared.resp import execute, pack
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,15 @@ class OutRecord:
         return cls(effect_id, rest[:n].decode(), rest[n : n + m], rest[n + m :])
 
 
+@dataclass(frozen=True)
+class Written:
+    """Where the broker put a record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
 class Outbox:
     """Produces a batch's records and clears them; recovers an assigned partition's leftovers."""
 
@@ -63,26 +74,29 @@ class Outbox:
         self.keys = keys
         self.settings = settings
         self.output_topics = list(output_topics)
+        self._partitions: dict[str, list[int]] = {}
+        self._partitioner = DefaultPartitioner()
 
     async def send(self, records: Sequence[tuple[TopicPartition, OutRecord]]) -> None:
-        """Produce records (each noted in the outbox of its input partition), then clear them."""
+        """Produce records (each noted in the outbox of its input partition), then clear them.
+
+        Records go out as one producer batch per output partition (the default partitioner's
+        choice, murmur2 of the key, as Kafka's Java clients do); a batch that is not
+        acknowledged is sent again, alone, until it is.
+        """
         pending = list(records)
         delay_s = 0.2
         while pending:
-            results = await asyncio.gather(
-                *(self._produce(r) for _, r in pending), return_exceptions=True
-            )
+            results = await self._produce_batched([r for _, r in pending])
             sent = [
-                (p, m)
-                for p, m in zip(pending, results, strict=True)
-                if isinstance(m, RecordMetadata)
+                (p, res)
+                for p, res in zip(pending, results, strict=True)
+                if isinstance(res, Written)
             ]
             if sent:
-                await self._clear([p for p, _ in sent], [m for _, m in sent])
+                await self._clear([p for p, _ in sent], [w for _, w in sent])
             failed = [
-                (p, e)
-                for p, e in zip(pending, results, strict=True)
-                if not isinstance(e, RecordMetadata)
+                (p, e) for p, e in zip(pending, results, strict=True) if not isinstance(e, Written)
             ]
             if failed:
                 log.warning(
@@ -95,28 +109,60 @@ class Outbox:
                 delay_s = min(delay_s * 2, 5.0)
             pending = [p for p, _ in failed]
 
-    async def _produce(self, r: OutRecord) -> RecordMetadata:
-        future = await self.producer.send(
-            r.topic, value=r.value, key=r.key, headers=[(EFFECT_HEADER, r.effect_id.encode())]
-        )
-        meta: RecordMetadata = await future
-        return meta
+    async def _partition(self, topic: str, key: bytes) -> int:
+        parts = self._partitions.get(topic)
+        if parts is None:
+            parts = sorted(await self.producer.partitions_for(topic))
+            self._partitions[topic] = parts
+        return int(self._partitioner(key, parts, parts))
+
+    async def _produce_batched(self, records: Sequence[OutRecord]) -> list[Written | BaseException]:
+        by_tp: dict[tuple[str, int], list[int]] = {}
+        for i, r in enumerate(records):
+            by_tp.setdefault((r.topic, await self._partition(r.topic, r.key)), []).append(i)
+        futures: list[tuple[asyncio.Future[RecordMetadata], list[int]]] = []
+        for (topic, partition), indices in by_tp.items():
+            batch, members = self.producer.create_batch(), list[int]()
+            for i in indices:
+                r = records[i]
+                headers = [(EFFECT_HEADER, r.effect_id.encode())]
+                if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
+                    futures.append(
+                        (await self.producer.send_batch(batch, topic, partition=partition), members)
+                    )
+                    batch, members = self.producer.create_batch(), list[int]()
+                    batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+                members.append(i)
+            futures.append(
+                (await self.producer.send_batch(batch, topic, partition=partition), members)
+            )
+        acks = await asyncio.gather(*(f for f, _ in futures), return_exceptions=True)
+        results: list[Written | BaseException] = [RuntimeError("not sent")] * len(records)
+        for (_, members), ack in zip(futures, acks, strict=True):
+            for k, i in enumerate(members):
+                results[i] = (
+                    ack
+                    if isinstance(ack, BaseException)
+                    else Written(ack.topic, ack.partition, ack.offset + k)
+                )
+        return results
 
     async def _clear(
-        self, records: Sequence[tuple[TopicPartition, OutRecord]], metas: Sequence[RecordMetadata]
+        self, records: Sequence[tuple[TopicPartition, OutRecord]], written: Sequence[Written]
     ) -> None:
         top: dict[str, int] = {}
-        for m in metas:
-            field = f"{m.topic}:{m.partition}"
-            top[field] = max(top.get(field, -1), m.offset + 1)
+        for w in written:
+            field = f"{w.topic}:{w.partition}"
+            top[field] = max(top.get(field, -1), w.offset + 1)
         by_input: dict[TopicPartition, list[str]] = {}
         for tp, r in records:
             by_input.setdefault(tp, []).append(r.effect_id)
-        pipe = self.redis.pipeline(transaction=False)
+        commands = []
+        positions = [x for field, offset in top.items() for x in (field, offset)]
         for tp, ids in by_input.items():
-            pipe.hdel(self.keys.outbox(tp.topic, tp.partition), *ids)
-            pipe.hset(self.keys.outpos(tp.topic, tp.partition), mapping=top)  # type: ignore[arg-type]
-        await pipe.execute()
+            commands.append(pack("HDEL", self.keys.outbox(tp.topic, tp.partition), *ids))
+            commands.append(pack("HSET", self.keys.outpos(tp.topic, tp.partition), *positions))
+        await execute(self.redis, commands)
 
     async def _output_partitions(self, reader: AIOKafkaConsumer) -> list[TopicPartition]:
         tps = []

@@ -1,11 +1,15 @@
-"""The router's per-notification state, as stored (JSON) in Redis."""
+"""The router's per-notification state, as stored (JSON) in Redis.
+
+msgspec Structs rather than pydantic models: they are built and serialised once or more per
+event on the hot path, and the values in them were validated on the way in.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
 
 from shared.contract.models import Category, Channel, Outcome, Priority
 
@@ -13,11 +17,7 @@ Phase = Literal["dispatched", "retry_wait", "final"]
 Status = Literal["pending", "delivered", "failed", "expired", "suppressed"]
 
 
-class _State(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class Leg(_State):
+class Leg(msgspec.Struct, kw_only=True, frozen=True):
     """One address to try on one channel: a plan step expands into one or more legs."""
 
     step: int
@@ -30,7 +30,7 @@ class Leg(_State):
     retry_delay_s: float
 
 
-class AttemptEntry(_State):
+class AttemptEntry(msgspec.Struct, kw_only=True, frozen=True):
     leg: int
     attempt: int
     channel: Channel
@@ -41,15 +41,15 @@ class AttemptEntry(_State):
     detail: str | None = None
 
 
-class PolicyContext(_State):
+class PolicyContext(msgspec.Struct, kw_only=True, frozen=True):
     """What contact policy needs from the profile, captured when the notification starts."""
 
-    opted_out_channels: list[Channel] = Field(default_factory=list)
-    revoked_channels: list[Channel] = Field(default_factory=list)
+    opted_out_channels: list[Channel] = msgspec.field(default_factory=list)
+    revoked_channels: list[Channel] = msgspec.field(default_factory=list)
     timezone: str | None = None
 
 
-class NotificationState(_State):
+class NotificationState(msgspec.Struct, kw_only=True):
     v: int = 0
     id: str
     customer_id: str
@@ -57,7 +57,7 @@ class NotificationState(_State):
     category: Category
     priority: Priority
     locale: str
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
     occurred_at: datetime
     expires_at: datetime | None = None
     received_at: datetime
@@ -65,12 +65,24 @@ class NotificationState(_State):
     leg: int = 0
     attempt: int = 0
     phase: Phase = "dispatched"
-    attempts: list[AttemptEntry] = Field(default_factory=list)
+    attempts: list[AttemptEntry] = msgspec.field(default_factory=list)
     status: Status = "pending"
     channel: Channel | None = None
     completed_at: datetime | None = None
-    policy: PolicyContext = Field(default_factory=PolicyContext)
+    policy: PolicyContext = msgspec.field(default_factory=PolicyContext)
 
     @property
     def final(self) -> bool:
         return self.status != "pending"
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(NotificationState)
+
+
+def encode_state(state: NotificationState) -> bytes:
+    return _ENCODER.encode(state)
+
+
+def decode_state(raw: bytes) -> NotificationState:
+    return _DECODER.decode(raw)

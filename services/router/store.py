@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, ResponseError
+
+from shared.resp import Arg, execute, pack
 
 _LUA = Path(__file__).with_name("lua")
 _SCRIPTS = ("apply", "erase", "claim", "release")
@@ -82,18 +84,31 @@ class Store:
         for name, source in self._sources.items():
             self._sha[name] = str(await self.redis.script_load(source))
 
-    def _call(
-        self,
-        client: Redis | Pipeline,
-        name: str,
-        keys: Sequence[str],
-        args: Sequence[str | bytes | int | float],
-    ) -> Any:
+    def _call(self, client: Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return client.evalsha(self._sha[name], len(keys), *keys, *args)
 
-    def apply(self, pipe: Pipeline, t: Transition) -> None:
+    def _packed(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
+        return pack("EVALSHA", self._sha[name], len(keys), *keys, *args)
+
+    async def run(self, commands: Sequence[bytes]) -> list[Any]:
+        """Run packed commands in one round trip; after a Redis restart lost the scripts
+        (NOSCRIPT, which means the script did not run), load them and run those again."""
+        replies = await execute(self.redis, commands)
+        lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if lost:
+            await self.load_scripts()
+            again = await execute(self.redis, [commands[i] for i in lost])
+            for i, r in zip(lost, again, strict=True):
+                replies[i] = r
+        errors = [r for r in replies if isinstance(r, ResponseError)]
+        if errors:
+            raise errors[0]
+        return replies
+
+    def apply(self, t: Transition) -> bytes:
+        """The packed EVALSHA of apply.lua for one transition."""
         k = self.keys
-        args: list[str | bytes | int | float] = [
+        args: list[Arg] = [
             t.expected_version,
             t.state_json,
             t.expected_version + 1,
@@ -118,16 +133,17 @@ class Store:
             k.timeline(t.customer_id),
             k.customer_notifications(t.customer_id),
         ]
-        self._call(pipe, "apply", keys, args)
+        return self._packed("apply", keys, args)
 
-    def erase_customer(self, pipe: Pipeline, customer_id: str) -> None:
+    def erase_customer(self, customer_id: str) -> bytes:
+        """The packed EVALSHA of erase.lua for one customer."""
         k = self.keys
         keys = [
             k.profile(customer_id),
             k.timeline(customer_id),
             k.customer_notifications(customer_id),
         ]
-        self._call(pipe, "erase", keys, [k.state("")])
+        return self._packed("erase", keys, [k.state("")])
 
     async def claim_due(
         self, now: float, lease_until: float, limit: int

@@ -1,0 +1,57 @@
+"""Pipelines packed by hand: redis-py's asyncio `pack_command` costs ~20 µs per argument
+in pure Python, which dominated the router's hot path. Here a command is packed with one
+bytes join and a batch is written in one send; replies are read with redis-py's parser.
+
+A connection whose batch is cancelled or fails mid-read is disconnected, never reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+Arg = bytes | str | int | float
+
+
+def pack(*args: Arg) -> bytes:
+    """One command in RESP: `*<n>` then `$<len>` and the bytes of each argument."""
+    parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
+    for arg in args:
+        cls = arg.__class__
+        data: bytes = (
+            arg if cls is bytes else arg.encode() if cls is str else repr(arg).encode()  # type: ignore[assignment,union-attr]
+        )
+        append(b"$%d\r\n" % len(data))
+        append(data)
+        append(b"\r\n")
+    return b"".join(parts)
+
+
+async def execute(redis: Redis, commands: Sequence[bytes]) -> list[Any]:
+    """Send packed commands in one write; return their replies in order.
+
+    A reply that is an error is returned as the exception instance (like redis-py's
+    `raise_on_error=False`), so one bad command does not hide the others' results.
+    """
+    if not commands:
+        return []
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(b"".join(commands), check_health=True)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response(disable_decoding=True))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
