@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
@@ -54,6 +54,7 @@ Msg: TypeAlias = "ConsumerRecord[bytes, bytes]"
 Batch: TypeAlias = dict[TopicPartition, list[Msg]]
 INBOX_SCHEMAS = ("tongda.outcome/v1", "tongda.timer/v1")
 MAX_CONFLICT_ROUNDS = 5
+APPLY_CHUNK = 200  # transitions per write to Redis while the next ones are computed
 
 
 @dataclass
@@ -89,7 +90,7 @@ def merge(into: Effects, fx: Effects) -> None:
 class RouterEngine:
     """Turns consumed batches into durable state and produced records."""
 
-    service = "router"
+    service = "tongda-router"
 
     def __init__(
         self, settings: RouterSettings, redis: Redis, store: Store, outbox: Outbox, machine: Machine
@@ -231,17 +232,18 @@ class RouterEngine:
             c: CustomerProfile.model_validate_json(v) if v else None
             for c, v in zip(cids, raw_profiles, strict=True)
         }
-        pending = []
-        for tp, msg, req in reqs:
-            try:
-                state, fx = self.machine.start(req, profiles[req.customer_id], now)
-            except Exception as exc:  # a bug must not stop the partition: park the event
-                log.exception("cannot start notification")
-                out.dead.append((msg, InvalidEvent("processing_error", repr(exc))))
-                continue
-            pending.append(self._pending(tp, state, fx, expected=0))
-        results = await self._apply(pending)
-        return [p for p, ok in zip(pending, results, strict=True) if ok]
+
+        def transitions() -> Iterator[_Pending]:
+            for tp, msg, req in reqs:
+                try:
+                    state, fx = self.machine.start(req, profiles[req.customer_id], now)
+                except Exception as exc:  # a bug must not stop the partition: park the event
+                    log.exception("cannot start notification")
+                    out.dead.append((msg, InvalidEvent("processing_error", repr(exc))))
+                    continue
+                yield self._pending(tp, state, fx, expected=0)
+
+        return [p for p, ok in await self._apply(transitions()) if ok]
 
     async def _inbox(
         self, items: Sequence[tuple[TopicPartition, Msg]], now: datetime, out: _BatchOut
@@ -263,24 +265,29 @@ class RouterEngine:
             rows = await self.store.run(
                 [pack("HMGET", self.store.keys.state(nid), "v", "s") for nid in nids]
             )
-            pending = []
-            for nid, (v, s) in zip(nids, rows, strict=True):
-                if v is None:
-                    STALE_EVENTS.labels(reason="unknown_notification").inc(len(groups[nid]))
-                    continue
-                p = self._inbox_group(nid, int(v), s, groups[nid], now, out)
-                if p is not None:
-                    pending.append(p)
-            results = await self._apply(pending)
-            applied += [p for p, ok in zip(pending, results, strict=True) if ok]
-            groups = {
-                p.state.id: groups[p.state.id]
-                for p, ok in zip(pending, results, strict=True)
-                if not ok
-            }
+
+            results = await self._apply(self._inbox_transitions(groups, nids, rows, now, out))
+            applied += [p for p, ok in results if ok]
+            groups = {p.state.id: groups[p.state.id] for p, ok in results if not ok}
         if groups:
             raise RuntimeError(f"state of {len(groups)} notifications kept changing; retrying")
         return applied
+
+    def _inbox_transitions(
+        self,
+        groups: dict[str, list[tuple[TopicPartition, Msg, AttemptOutcome | TimerFired]]],
+        nids: list[str],
+        rows: list[Any],
+        now: datetime,
+        out: _BatchOut,
+    ) -> Iterator[_Pending]:
+        for nid, (v, raw) in zip(nids, rows, strict=True):
+            if v is None:
+                STALE_EVENTS.labels(reason="unknown_notification").inc(len(groups[nid]))
+                continue
+            p = self._inbox_group(nid, int(v), raw, groups[nid], now, out)
+            if p is not None:
+                yield p
 
     def _inbox_group(
         self,
@@ -350,9 +357,21 @@ class RouterEngine:
         )
         return _Pending(transition, records, fx, state, tp)
 
-    async def _apply(self, pending: Sequence[_Pending]) -> list[bool]:
-        replies = await self.store.run([self.store.apply(p.transition) for p in pending])
-        return [r == 1 for r in replies]
+    async def _apply(self, transitions: Iterable[_Pending]) -> list[tuple[_Pending, bool]]:
+        """Compute and apply transitions, writing each chunk's Lua calls to Redis as soon as
+        it is ready so Redis works on one chunk while the next is computed."""
+        pending: list[_Pending] = []
+        commands: list[bytes] = []
+        async with self.store.stream() as stream:
+            for p in transitions:
+                pending.append(p)
+                commands.append(self.store.apply(p.transition))
+                if len(commands) % APPLY_CHUNK == 0:
+                    await stream.write(commands[-APPLY_CHUNK:])
+            await stream.write(commands[len(commands) - len(commands) % APPLY_CHUNK :])
+            replies = await stream.replies()
+        replies = await self.store.settle(commands, replies)
+        return [(p, r == 1) for p, r in zip(pending, replies, strict=True)]
 
     def _observe(self, p: _Pending) -> None:
         for r in p.effects.records:

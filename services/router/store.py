@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from shared.resp import Arg, execute, pack
+from shared.resp import Arg, Stream, execute, pack
 
 _LUA = Path(__file__).with_name("lua")
 _SCRIPTS = ("apply", "erase", "claim", "release")
+_MSGPACK = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,13 @@ class Store:
     async def run(self, commands: Sequence[bytes]) -> list[Any]:
         """Run packed commands in one round trip; after a Redis restart lost the scripts
         (NOSCRIPT, which means the script did not run), load them and run those again."""
-        replies = await execute(self.redis, commands)
+        return await self.settle(commands, await execute(self.redis, commands))
+
+    def stream(self) -> Stream:
+        return Stream(self.redis)
+
+    async def settle(self, commands: Sequence[bytes], replies: list[Any]) -> list[Any]:
+        """Re-run the commands that met NOSCRIPT; raise the first other error reply."""
         lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if lost:
             await self.load_scripts()
@@ -108,24 +116,23 @@ class Store:
     def apply(self, t: Transition) -> bytes:
         """The packed EVALSHA of apply.lua for one transition."""
         k = self.keys
+        # Redis' cmsgpack reads msgpack str but not bin: bytes (UTF-8 JSON) go as str.
+        payload = _MSGPACK.encode(
+            [
+                [x for eid, blob in t.outbox for x in (eid, blob.decode())],
+                [x for member, score in t.timers_add for x in (member, score)],
+                t.timers_del,
+                [entry.decode() for entry in t.timeline],
+            ]
+        )
         args: list[Arg] = [
             t.expected_version,
             t.state_json,
-            t.expected_version + 1,
             self.retention_s,
             self.timeline_max,
             t.notification_id,
-            len(t.outbox),
+            payload,
         ]
-        for effect_id, blob in t.outbox:
-            args += [effect_id, blob]
-        args.append(len(t.timers_add))
-        for member, score in t.timers_add:
-            args += [member, f"{score:.3f}"]
-        args.append(len(t.timers_del))
-        args += t.timers_del
-        args.append(len(t.timeline))
-        args += t.timeline
         keys = [
             k.state(t.notification_id),
             t.outbox_key,
