@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_API_TOKEN = "change-me"
 
 
 class Topics(BaseModel):
@@ -61,7 +64,7 @@ class RouterSettings(CommonSettings):
     """The router: HTTP API, routing plans, state retention, scheduler."""
 
     http_port: int = 8080
-    api_token: SecretStr = SecretStr("change-me")
+    api_token: SecretStr = SecretStr(DEFAULT_API_TOKEN)  # the router refuses to start with it
     plans_path: Path | None = None  # None: the shipped services/router/plans.yaml
     consumer_group: str = "tongda-router-batch"  # faust itself uses the app id
     faust_datadir: Path = Path("/tmp/tongda-router-faust")
@@ -88,3 +91,20 @@ class ChannelSettings(CommonSettings):
     @property
     def group(self) -> str:
         return self.consumer_group or f"tongda-{self.channel}"
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def load_settings(cls: type[S], service: str, **overrides: Any) -> S:
+    """Read settings from the environment; on a bad value print which TONGDA_* variable is
+    wrong and exit 2 (a configuration error), rather than a traceback."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            name = "TONGDA_" + "__".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"  {name}: {err['msg']}")
+        print(f"{service}: invalid configuration:\n" + "\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

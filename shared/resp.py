@@ -55,3 +55,43 @@ async def execute(redis: Redis, commands: Sequence[bytes]) -> list[Any]:
         raise
     finally:
         await pool.release(conn)
+
+
+class Stream:
+    """Write commands on one connection as they are ready, read every reply at the end.
+
+    Redis, a separate process, runs the first commands while the caller is still computing
+    the next ones. Replies come back in write order; on any error or cancellation the
+    connection is disconnected rather than returned to the pool half-read.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.pool = redis.connection_pool
+        self.conn: Any = None
+        self.written = 0
+
+    async def __aenter__(self) -> Stream:
+        self.conn = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+        return self
+
+    async def write(self, commands: Sequence[bytes]) -> None:
+        if commands:
+            await self.conn.send_packed_command(b"".join(commands), check_health=False)
+            self.written += len(commands)
+
+    async def replies(self) -> list[Any]:
+        out: list[Any] = []
+        for _ in range(self.written):
+            try:
+                out.append(await self.conn.read_response(disable_decoding=True))
+            except ResponseError as exc:
+                out.append(exc)
+        self.written = 0
+        return out
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is not None or self.written:
+                await self.conn.disconnect()
+        finally:
+            await self.pool.release(self.conn)

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka.structs import TopicPartition
 
-from shared.config import Topics
+from shared.config import RouterSettings, Topics
 from shared.masking import scrub
 from tools.devstack import DEFAULT_RUN_DIR, DevstackError, Stack
 from tools.scenarios import (
@@ -46,7 +47,7 @@ from tools.scenarios import (
 Print = Callable[[str], None]
 
 DEFAULT_DEADLINE_S = 90.0
-DEFAULT_SETTLE_S = 1.0
+DEFAULT_SETTLE_S = 30.0  # the longest wait for the router to take in the profiles
 DEFAULT_LINGER_S = 2.0
 
 
@@ -117,6 +118,37 @@ class DemoResult:
         )
 
 
+async def wait_consumed(bootstrap: str, group: str, topic: str, deadline_s: float) -> None:
+    """Wait until consumer group `group` has committed every partition of `topic` up to
+    its end offset as it is now."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await reader.start()
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        ends = {tp: off for tp, off in (await reader.end_offsets(tps)).items() if off > 0}
+        deadline = time.monotonic() + deadline_s
+        while True:
+            committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
+            behind = [
+                tp for tp, end in ends.items() if tp not in committed or committed[tp].offset < end
+            ]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"router group {group} has not consumed {topic} within {deadline_s:.0f} s"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+        await reader.stop()
+
+
 def _headers(raw: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in (raw or ())}
 
@@ -178,7 +210,9 @@ async def run_demo(
                 )
             )
             note(f"published {len(profiles)} customer profiles to {t.profiles}")
-            await asyncio.sleep(settle_s)  # profiles and events are different topics
+            # Profiles and events are different topics: wait until the router has committed
+            # past the profiles (it commits after writing them), so routing sees them.
+            await wait_consumed(bootstrap, RouterSettings().consumer_group, t.profiles, settle_s)
             sent = 0
             for s in scenarios:
                 value = orjson.dumps(build_event(s, run_id, now))
@@ -412,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--settle",
         type=float,
         default=DEFAULT_SETTLE_S,
-        help="pause between profiles and events (default %(default)s s)",
+        help="longest wait for the router to take in the profiles (default %(default)s s)",
     )
     parser.add_argument(
         "--linger",

@@ -29,7 +29,6 @@ import atexit
 import contextlib
 import json
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -147,25 +146,11 @@ async def async_http_get(
     return int(status_line[1]), body
 
 
-_PHONE_IN_LOG = re.compile(r"(?<![\w\-:.])\+?\d{7,15}(?![\w\-:.])")
-_EMAIL_IN_LOG = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
-_BEARER_IN_LOG = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+")
-
-
 def _scrub(text: str) -> str:
-    """Mask phone numbers, emails and bearer tokens in log text, leaving dates readable
-    (shared.masking.scrub would mask `2026-11-22` as a phone number)."""
-    text = _BEARER_IN_LOG.sub(r"\1****", text)
-    text = _EMAIL_IN_LOG.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    """Mask phone numbers, emails and bearer tokens (dates and times stay readable)."""
+    from shared.masking import scrub
 
-    def phone(m: re.Match[str]) -> str:
-        digits = m.group(0)
-        plus = "+" if digits.startswith("+") else ""
-        digits = digits.lstrip("+")
-        head = digits[:5] if len(digits) > 10 else digits[:2]
-        return f"{plus}{head}****{digits[-4:]}"
-
-    return _PHONE_IN_LOG.sub(phone, text)
+    return scrub(text)
 
 
 def log_tail(path: Path, lines: int = 30, max_bytes: int = 64 * 1024) -> str:

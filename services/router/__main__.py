@@ -9,16 +9,18 @@ import faust
 
 from services.router.app import create_app
 from services.router.plans import load_plans
-from shared.config import RouterSettings
+from shared.config import DEFAULT_API_TOKEN, RouterSettings, load_settings
 from shared.errors import ConfigError
 from shared.logging import setup_logging
 from shared.topics import missing_topics, topic_specs
 
 
 def main() -> None:
-    settings = RouterSettings()
+    settings = load_settings(RouterSettings, "tongda-router")
     setup_logging("tongda-router", settings.log_level, settings.log_format)
     try:
+        if settings.api_token.get_secret_value() in ("", DEFAULT_API_TOKEN):
+            raise ConfigError("set TONGDA_API_TOKEN: the API refuses to run with the default token")
         plans = load_plans(settings.plans_path)
         missing = asyncio.run(missing_topics(settings, [t.name for t in topic_specs(settings)]))
         if missing:

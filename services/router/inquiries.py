@@ -6,6 +6,7 @@ in the customer's timeline. Tiered replies and escalation plug in here.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from aiokafka import AIOKafkaProducer
@@ -39,7 +40,8 @@ async def record_inquiry(
     inq = decode(raw, InquiryReceived)
     record = inbound_record(inq)
     value = dumps(record)
-    key = (inq.customer_id or inq.from_).encode()
+    # Keyed by customer; an unknown sender by a hash of its address (no address in a key).
+    key = (inq.customer_id or hashlib.sha256(inq.from_.encode()).hexdigest()).encode()
     if inq.customer_id:
         timeline = Keys(settings.key_prefix).timeline(inq.customer_id)
         pipe = redis.pipeline(transaction=True)

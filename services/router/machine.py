@@ -197,7 +197,8 @@ class Machine:
                 )
             )
             return
-        if outcome == "deferred":  # a channel may defer (e.g. provider throttling): resume later
+        if outcome == "deferred":  # a provider may defer (throttling): a new attempt, later
+            state.attempt += 1
             self._defer(
                 state,
                 fx,
@@ -345,7 +346,14 @@ class Machine:
                 detail=detail,
             )
         )
-        decision = f"suppressed: {detail}" if outcome == "suppressed" else detail
+        # A record carries an outcome, or a decision the router took (suppression, timeout).
+        decision = (
+            f"suppressed: {detail}"
+            if outcome == "suppressed"
+            else detail
+            if provider is None and detail
+            else None
+        )
         fx.records.append(
             self._record(
                 state,

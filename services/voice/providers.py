@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from shared.channel.provider import Provider
 from shared.channel.sandbox import SandboxProvider, Script
 from shared.config import ChannelSettings
@@ -43,7 +45,7 @@ class VoiceSandbox(SandboxProvider):
         settings = self.ctx.settings
         key = (
             f"{settings.key_prefix}sandbox:voice:calls:"
-            f"{dispatch.notification_id}:{dispatch.recipient}"
+            f"{dispatch.notification_id}:{hashlib.sha256(dispatch.recipient.encode()).hexdigest()}"
         )
         pipe = self.ctx.redis.pipeline(transaction=False)
         pipe.incr(key)

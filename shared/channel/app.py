@@ -13,7 +13,7 @@ from aiohttp import web
 
 from shared.channel.provider import Provider
 from shared.channel.service import ChannelService
-from shared.config import ChannelSettings
+from shared.config import ChannelSettings, load_settings
 from shared.contract.models import Channel
 from shared.errors import ConfigError
 from shared.http import READINESS_CHECKS, ReadinessCheck, add_ops_routes, error_middleware
@@ -95,7 +95,7 @@ def consumer_check(service: ChannelService) -> ReadinessCheck:
 
 def channel_settings(channel: Channel) -> ChannelSettings:
     """Settings from TONGDA_* variables for `channel`; its default port unless one is set."""
-    settings = ChannelSettings(channel=channel)
+    settings = load_settings(ChannelSettings, f"tongda-{channel}", channel=channel)
     if "http_port" not in settings.model_fields_set:
         settings = settings.model_copy(update={"http_port": DEFAULT_PORTS[channel]})
     return settings
