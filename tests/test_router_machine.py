@@ -8,10 +8,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from services.router import messages
 from services.router.machine import Machine, timer_member
 from services.router.plans import load_plans
 from services.router.policy import ContactPolicy, Verdict
 from services.router.state import Leg, NotificationState
+from shared.contract import models
+from shared.contract.codec import decode
 from shared.contract.models import (
     AttemptOutcome,
     CustomerProfile,
@@ -256,3 +259,52 @@ def test_record_ids_are_deterministic(machine: Machine) -> None:
     )
     assert [r.record_id for r in fa.records] == [r.record_id for r in fb.records]
     assert len({r.record_id for r in fa.records}) == len(fa.records)
+
+
+@pytest.mark.parametrize(
+    ("mirror", "model"),
+    [
+        (messages.Dispatch, models.Dispatch),
+        (messages.CommsRecord, models.CommsRecord),
+        (messages.NotificationStatus, models.NotificationStatus),
+        (messages.Attempt, models.Attempt),
+    ],
+)
+def test_router_messages_mirror_the_contract_models(mirror: type, model: type) -> None:
+    wire = {f.encode_name for f in msgspec.structs.fields(mirror)}
+    assert wire == {f.alias or name for name, f in model.model_fields.items()}
+
+
+def test_every_message_the_machine_writes_validates_against_the_contract(
+    machine: Machine,
+) -> None:
+    p = profile(
+        phone="+8613800000001",
+        email="a@example.com",
+        backup_contacts=[{"relation": "employer", "phone": "+8613800000002"}],
+    )
+    state, fx = machine.start(req(type="verification_callback", data={"loan_id": "L1"}), p, NOW)
+    written = [fx]
+    for bad in ("busy", "no_answer", "failed"):
+        nxt = machine.on_outcome(state, outcome(state, bad), NOW)
+        assert nxt is not None
+        written.append(nxt)
+    nxt = machine.on_timer(state, timer(state, "retry"), NOW)
+    assert nxt is not None
+    written.append(nxt)
+    last = machine.on_outcome(state, outcome(state, "delivered"), NOW)
+    assert last is not None and last.final is not None
+    written.append(last)
+    checked = 0
+    for f in written:
+        for d in f.dispatches:
+            decode(messages.encode(d), models.Dispatch)
+            checked += 1
+        for r in f.records:
+            decode(messages.encode(r), models.CommsRecord)
+            checked += 1
+        if f.final is not None:
+            status = decode(messages.encode(f.final), models.NotificationStatus)
+            assert status.status == "delivered" and len(status.attempts) == 4
+            checked += 1
+    assert checked >= 10

@@ -23,11 +23,12 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
 
 from services.router.machine import Effects, Machine
+from services.router.messages import encode
 from services.router.outbox import Outbox, OutRecord
 from services.router.state import NotificationState, decode_state, encode_state
 from services.router.store import Store, Transition
 from shared.config import RouterSettings
-from shared.contract.codec import decode, decode_any, dumps
+from shared.contract.codec import decode, decode_any
 from shared.contract.models import (
     AttemptOutcome,
     CustomerProfile,
@@ -334,15 +335,15 @@ class RouterEngine:
         timeline: list[bytes] = []
         for d in fx.dispatches:
             records.append(
-                OutRecord(f"{base}{len(records)}", self.topics.dispatch(d.channel), key, dumps(d))
+                OutRecord(f"{base}{len(records)}", self.topics.dispatch(d.channel), key, encode(d))
             )
         for r in fx.records:
-            value = dumps(r)
+            value = encode(r)
             timeline.append(value)
             records.append(OutRecord(f"{base}{len(records)}", self.topics.audit, key, value))
         if fx.final is not None:
             records.append(
-                OutRecord(f"{base}{len(records)}", self.topics.status, key, dumps(fx.final))
+                OutRecord(f"{base}{len(records)}", self.topics.status, key, encode(fx.final))
             )
         transition = Transition(
             notification_id=state.id,

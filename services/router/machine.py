@@ -14,20 +14,17 @@ from datetime import datetime, timedelta
 import orjson
 from msgspec.structs import replace
 
+from services.router.messages import Attempt, CommsRecord, Dispatch, NotificationStatus
 from services.router.plans import PlanBook
 from services.router.policy import ContactPolicy
 from services.router.state import AttemptEntry, Leg, NotificationState, PolicyContext
 from shared.contract.models import (
-    Attempt,
     AttemptOutcome,
     Channel,
-    CommsRecord,
     Contacts,
     CustomerProfile,
-    Dispatch,
     FinalStatus,
     NotificationRequested,
-    NotificationStatus,
     Outcome,
     TimerFired,
 )
@@ -59,8 +56,8 @@ class Effects:
 class Machine:
     """Plans, advances and finishes notifications.
 
-    Output models are built from already-validated values with `model_construct`, every
-    field given (no second validation, no default factories): this is the hot path.
+    Its outputs are msgspec mirrors of the contract models (services/router/messages.py),
+    built from values validated on the way in: this is the hot path.
     """
 
     def __init__(self, plans: PlanBook, policy: ContactPolicy | None = None) -> None:
@@ -234,8 +231,7 @@ class Machine:
         assert leg.address is not None  # policy suppresses legs without an address
         state.phase = "dispatched"
         fx.dispatches.append(
-            Dispatch.model_construct(
-                schema_="tongda.dispatch/v1",
+            Dispatch(
                 notification_id=state.id,
                 customer_id=state.customer_id,
                 type=state.type,
@@ -291,15 +287,14 @@ class Machine:
             fx.timers_del.append(self._member(state, "expire", 0, 0))
         if decision:
             fx.records.append(self._record(state, None, now, decision=decision, suffix="final"))
-        fx.final = NotificationStatus.model_construct(
-            schema_="notification.status/v1",
+        fx.final = NotificationStatus(
             notification_id=state.id,
             customer_id=state.customer_id,
             type=state.type,
             status=status,
             channel=state.channel,
             attempts=[
-                Attempt.model_construct(
+                Attempt(
                     channel=a.channel,
                     recipient=a.recipient,
                     outcome=a.outcome,
@@ -380,8 +375,7 @@ class Machine:
         provider_message_id: str | None = None,
     ) -> CommsRecord:
         key = f"{state.id}:{state.leg}:{state.attempt}:{suffix}"
-        return CommsRecord.model_construct(
-            schema_="comms.record/v1",
+        return CommsRecord(
             inquiry_id=None,
             record_id=str(uuid.uuid5(RECORD_NS, key)),
             notification_id=state.id,
