@@ -263,9 +263,7 @@ class RouterEngine:
             if not groups:
                 break
             nids = list(groups)
-            rows = await self.store.run(
-                [pack("HMGET", self.store.keys.state(nid), "v", "s") for nid in nids]
-            )
+            rows = await self.store.read_states(nids)
 
             results = await self._apply(self._inbox_transitions(groups, nids, rows, now, out))
             applied += [p for p, ok in results if ok]
@@ -359,20 +357,27 @@ class RouterEngine:
         return _Pending(transition, records, fx, state, tp)
 
     async def _apply(self, transitions: Iterable[_Pending]) -> list[tuple[_Pending, bool]]:
-        """Compute and apply transitions, writing each chunk's Lua calls to Redis as soon as
-        it is ready so Redis works on one chunk while the next is computed."""
+        """Compute and apply transitions, one Lua call per chunk, each chunk written to Redis
+        as soon as it is computed so Redis works on it while the next is computed."""
         pending: list[_Pending] = []
         commands: list[bytes] = []
         async with self.store.stream() as stream:
+            chunk: list[_Pending] = []
             for p in transitions:
-                pending.append(p)
-                commands.append(self.store.apply(p.transition))
-                if len(commands) % APPLY_CHUNK == 0:
-                    await stream.write(commands[-APPLY_CHUNK:])
-            await stream.write(commands[len(commands) - len(commands) % APPLY_CHUNK :])
+                chunk.append(p)
+                if len(chunk) == APPLY_CHUNK:
+                    commands.append(self.store.apply([c.transition for c in chunk]))
+                    await stream.write(commands[-1:])
+                    pending += chunk
+                    chunk = []
+            if chunk:
+                commands.append(self.store.apply([c.transition for c in chunk]))
+                await stream.write(commands[-1:])
+                pending += chunk
             replies = await stream.replies()
         replies = await self.store.settle(commands, replies)
-        return [(p, r == 1) for p, r in zip(pending, replies, strict=True)]
+        flags = [r == 1 for reply in replies for r in reply]
+        return list(zip(pending, flags, strict=True))
 
     def _observe(self, p: _Pending) -> None:
         for r in p.effects.records:

@@ -24,7 +24,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from shared.resp import Arg, Stream, execute, pack
 
 _LUA = Path(__file__).with_name("lua")
-_SCRIPTS = ("apply", "erase", "claim", "release")
+_SCRIPTS = ("apply", "read", "erase", "claim", "release")
 _MSGPACK = msgspec.msgpack.Encoder()
 
 
@@ -113,34 +113,35 @@ class Store:
             raise errors[0]
         return replies
 
-    def apply(self, t: Transition) -> bytes:
-        """The packed EVALSHA of apply.lua for one transition."""
-        k = self.keys
+    def apply(self, chunk: Sequence[Transition]) -> bytes:
+        """The packed EVALSHA of apply.lua for a chunk of transitions (one reply: a list of
+        1 applied / 0 not at the expected version, in order)."""
         # Redis' cmsgpack reads msgpack str but not bin: bytes (UTF-8 JSON) go as str.
         payload = _MSGPACK.encode(
             [
-                [x for eid, blob in t.outbox for x in (eid, blob.decode())],
-                [x for member, score in t.timers_add for x in (member, score)],
-                t.timers_del,
-                [entry.decode() for entry in t.timeline],
+                [
+                    t.expected_version,
+                    t.notification_id,
+                    t.customer_id,
+                    t.state_json.decode(),
+                    t.outbox_key,
+                    [x for eid, blob in t.outbox for x in (eid, blob.decode())],
+                    [x for member, score in t.timers_add for x in (member, score)],
+                    t.timers_del,
+                    [entry.decode() for entry in t.timeline],
+                ]
+                for t in chunk
             ]
         )
-        args: list[Arg] = [
-            t.expected_version,
-            t.state_json,
-            self.retention_s,
-            self.timeline_max,
-            t.notification_id,
-            payload,
-        ]
-        keys = [
-            k.state(t.notification_id),
-            t.outbox_key,
-            k.timers,
-            k.timeline(t.customer_id),
-            k.customer_notifications(t.customer_id),
-        ]
-        return self._packed("apply", keys, args)
+        args: list[Arg] = [self.retention_s, self.timeline_max, self.keys.prefix, payload]
+        return self._packed("apply", [self.keys.timers], args)
+
+    async def read_states(self, ids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
+        """(version, state JSON) of each notification, None where unknown; one round trip."""
+        if not ids:
+            return []
+        (flat,) = await self.run([self._packed("read", [], [self.keys.prefix, *ids])])
+        return [(flat[i] or None, flat[i + 1] or None) for i in range(0, len(flat), 2)]
 
     def erase_customer(self, customer_id: str) -> bytes:
         """The packed EVALSHA of erase.lua for one customer."""
