@@ -26,7 +26,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.config import CommonSettings
+from shared.config import CommonSettings, RouterSettings
+from shared.gctune import tune_gc
 from shared.kafka import make_consumer, make_producer
 from tools.devstack import REPO_ROOT, Broker, RedisServer, Service
 
@@ -256,6 +257,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--markdown", type=Path, help="also write the table into this file")
     args = p.parse_args()
+    # The raw loop runs with the router's GC settings, so the comparison is like for like.
+    tune_gc(RouterSettings().gc_gen0_threshold)
     result = asyncio.run(main_async(args))
     print(result)
     if args.markdown:

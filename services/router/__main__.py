@@ -11,6 +11,7 @@ from services.router.app import create_app
 from services.router.plans import load_plans
 from shared.config import DEFAULT_API_TOKEN, RouterSettings, load_settings
 from shared.errors import ConfigError
+from shared.gctune import tune_gc
 from shared.logging import setup_logging
 from shared.topics import missing_topics, topic_specs
 
@@ -32,6 +33,7 @@ def main() -> None:
         print(f"tongda-router: {exc}", file=sys.stderr)
         sys.exit(2)
     app, _ = create_app(settings, plans)
+    tune_gc(settings.gc_gen0_threshold)
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
     worker.spinner = None
     worker.execute_from_commandline()

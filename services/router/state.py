@@ -1,7 +1,8 @@
 """The router's per-notification state, as stored (JSON) in Redis.
 
 msgspec Structs rather than pydantic models: they are built and serialised once or more per
-event on the hot path, and the values in them were validated on the way in.
+event on the hot path, and the values in them were validated on the way in. Structs that hold
+no containers are not tracked by the garbage collector (`gc=False`: they cannot form cycles).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ Phase = Literal["dispatched", "retry_wait", "final"]
 Status = Literal["pending", "delivered", "failed", "expired", "suppressed"]
 
 
-class Leg(msgspec.Struct, kw_only=True, frozen=True):
+class Leg(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One address to try on one channel: a plan step expands into one or more legs."""
 
     step: int
@@ -30,7 +31,7 @@ class Leg(msgspec.Struct, kw_only=True, frozen=True):
     retry_delay_s: float
 
 
-class AttemptEntry(msgspec.Struct, kw_only=True, frozen=True):
+class AttemptEntry(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     leg: int
     attempt: int
     channel: Channel
