@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -38,10 +39,10 @@ def say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def notification(i: int, sent_at: float | None = None) -> bytes:
+def notification(i: int, sent_at: float | None = None, run: int = 0) -> bytes:
     body: dict[str, Any] = {
         "schema": "notification.requested/v1",
-        "id": f"bench-{i}-{sent_at or 0}",
+        "id": f"bench-{run}-{i}-{sent_at or 0}",
         "type": "loan_approved",
         "customer_id": f"cust-{i % 5000}",
         "occurred_at": datetime.now(UTC).isoformat(),
@@ -64,8 +65,9 @@ async def publish(s: CommonSettings, topic: str, n: int, make: Callable[[int], b
         await producer.stop()
 
 
-async def span_of(s: CommonSettings, topic: str, n: int, timeout_s: float) -> float:
-    """Seconds between the first and the n-th record's timestamp on `topic`."""
+async def span_of(s: CommonSettings, topic: str, n: int, timeout_s: float, skip: int = 0) -> float:
+    """Seconds between the first and the n-th record's timestamp on `topic`, after `skip`
+    records (those of earlier rounds)."""
     c = AIOKafkaConsumer(
         topic,
         bootstrap_servers=s.kafka_bootstrap,
@@ -78,9 +80,9 @@ async def span_of(s: CommonSettings, topic: str, n: int, timeout_s: float) -> fl
     deadline = time.monotonic() + timeout_s
     next_note = time.monotonic() + 5
     try:
-        while len(stamps) < n:
+        while len(stamps) < skip + n:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(stamps)}/{n} records on {topic}")
+                raise TimeoutError(f"only {len(stamps) - skip}/{n} records on {topic}")
             for msgs in (await c.getmany(timeout_ms=500, max_records=5000)).values():
                 stamps += [m.timestamp for m in msgs]
             if time.monotonic() > next_note:
@@ -88,13 +90,16 @@ async def span_of(s: CommonSettings, topic: str, n: int, timeout_s: float) -> fl
                 next_note = time.monotonic() + 5
     finally:
         await c.stop()
-    stamps.sort()
+    stamps = sorted(stamps[skip:])
     return max(1, stamps[n - 1] - stamps[0]) / 1000
 
 
-async def raw_passthrough(s: CommonSettings, n: int) -> float:
-    await publish(s, RAW_IN, n, notification)
-    consumer = make_consumer(s, "bench-raw", [RAW_IN], "bench-raw")
+async def raw_passthrough(s: CommonSettings, n: int, run: int) -> float:
+    """One round on topics and a group of its own: the backlog is in place before the
+    consumer joins, as it is for the router."""
+    src, dst = f"{RAW_IN}.{run}", f"{RAW_OUT}.{run}"
+    await publish(s, src, n, lambda i: notification(i, run=run))
+    consumer = make_consumer(s, f"bench-raw-{run}", [src], "bench-raw")
     producer = make_producer(s, "bench-raw")
     await consumer.start()
     await producer.start()
@@ -106,7 +111,7 @@ async def raw_passthrough(s: CommonSettings, n: int) -> float:
             for msgs in batch.values():
                 for m in msgs:
                     out = orjson.dumps(orjson.loads(m.value))
-                    futures.append(await producer.send(RAW_OUT, out, key=m.key))
+                    futures.append(await producer.send(dst, out, key=m.key))
             await asyncio.gather(*futures)
             if batch:
                 await consumer.commit()
@@ -114,13 +119,24 @@ async def raw_passthrough(s: CommonSettings, n: int) -> float:
     finally:
         await consumer.stop()
         await producer.stop()
-    return n / await span_of(s, RAW_OUT, n, 60)
+    return n / await span_of(s, dst, n, 60)
 
 
-async def router_rate(s: CommonSettings, router: Service, n: int) -> float:
-    await publish(s, s.topics.requested, n, notification)
+async def router_rate(s: CommonSettings, router: Service, n: int, run: int) -> float:
+    """The router is paused (SIGSTOP) while the round's backlog is published, so the rate is
+    the router's own and not the publisher's."""
+    router.send(signal.SIGSTOP)
+    try:
+        await publish(s, s.topics.requested, n, lambda i: notification(i, run=run))
+    finally:
+        router.send(signal.SIGCONT)
     say("router draining the backlog …")
-    return n / await span_of(s, s.topics.dispatch("push"), n, 600)
+    return n / await span_of(s, s.topics.dispatch("push"), n, 600, skip=run * n)
+
+
+def median_range(xs: list[float]) -> tuple[float, float, float]:
+    xs = sorted(xs)
+    return xs[len(xs) // 2], xs[0], xs[-1]
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -192,16 +208,24 @@ async def latency_pair(s: CommonSettings, rate: int, seconds: float) -> dict[str
     return {"router": router, "broker": broker}
 
 
-def table(n: int, raw: float, routed: float, lat: dict[str, list[float]], rate: int) -> str:
+def table(
+    n: int, raws: list[float], routeds: list[float], lat: dict[str, list[float]], rate: int
+) -> str:
     ms = {k: (percentile(v, 0.5) * 1000, percentile(v, 0.99) * 1000) for k, v in lat.items()}
+    raw, raw_lo, raw_hi = median_range(raws)
+    routed, r_lo, r_hi = median_range(routeds)
+    ratios = sorted(r / w for r, w in zip(routeds, raws, strict=True))
     return "\n".join(
         [
-            f"| measure (N={n}, {os.cpu_count()} cores, {platform.python_version()}) | value |",
+            f"| measure (N={n}, median of {len(raws)} runs [min–max], {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}) | value |",
             "|---|---|",
-            f"| raw aiokafka consume→JSON→produce | {raw:,.0f} events/s |",
+            f"| raw aiokafka consume→JSON→produce | {raw:,.0f} events/s "
+            f"[{raw_lo:,.0f}–{raw_hi:,.0f}] |",
             f"| router, full state handling (requested → Redis → dispatch) "
-            f"| {routed:,.0f} events/s |",
-            f"| ratio router / raw | {routed / raw:.2f} |",
+            f"| {routed:,.0f} events/s [{r_lo:,.0f}–{r_hi:,.0f}] |",
+            f"| ratio router / raw (run by run) | {ratios[len(ratios) // 2]:.2f} "
+            f"[{ratios[0]:.2f}–{ratios[-1]:.2f}] |",
             f"| publish→dispatch latency at {rate}/s through the router, p50 / p99 | "
             f"{ms['router'][0]:.0f} / {ms['router'][1]:.0f} ms |",
             f"| broker produce→consume latency at {rate}/s, p50 / p99 | "
@@ -221,13 +245,10 @@ async def main_async(args: argparse.Namespace) -> str:
         await broker.create_topics(s)
         admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
         await admin.start()
-        await admin.create_topics(
-            [NewTopic(t, s.kafka_topic_partitions, 1) for t in (RAW_IN, RAW_OUT, LAT)]
-        )
+        names = [f"{t}.{k}" for k in range(args.runs) for t in (RAW_IN, RAW_OUT)] + [LAT]
+        await admin.create_topics([NewTopic(t, s.kafka_topic_partitions, 1) for t in names])
         await admin.close()
-        say(f"raw pass-through of {args.n} events …")
-        raw = await raw_passthrough(s, args.n)
-        say(f"raw: {raw:,.0f} events/s; starting the router …")
+        say("starting the router …")
         router = Service(
             "router",
             run / "router.log",
@@ -239,10 +260,15 @@ async def main_async(args: argparse.Namespace) -> str:
             },
         )
         await router.start(ready_timeout=90)
-        routed = await router_rate(s, router, args.n)
-        say(f"router: {routed:,.0f} events/s")
+        raws: list[float] = []
+        routeds: list[float] = []
+        for k in range(args.runs):  # side by side, alternating, on the same broker
+            say(f"run {k + 1}/{args.runs}: raw pass-through of {args.n} events …")
+            raws.append(await raw_passthrough(s, args.n, k))
+            routeds.append(await router_rate(s, router, args.n, k))
+            say(f"run {k + 1}: raw {raws[-1]:,.0f}/s, router {routeds[-1]:,.0f}/s")
         lat = await latency_pair(s, args.rate, args.seconds)
-        return table(args.n, raw, routed, lat, args.rate)
+        return table(args.n, raws, routeds, lat, args.rate)
     finally:
         if router is not None:
             await router.stop()
@@ -253,6 +279,7 @@ async def main_async(args: argparse.Namespace) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", "20000")))
+    p.add_argument("--runs", type=int, default=3, help="throughput runs (median reported)")
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--markdown", type=Path, help="also write the table into this file")

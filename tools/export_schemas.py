@@ -125,6 +125,9 @@ MEANINGS: dict[str, dict[str, str]] = {
         "scheduler_lease_s": "How long claimed scheduler work stays leased; work claimed by "
         "a router that died comes due again after it.",
         "scheduler_batch": "Most timers claimed per Redis round trip.",
+        "gc_gen0_threshold": "Python garbage collector's generation-0 threshold, set after "
+        "start-up together with `gc.freeze()` (Python's default is 700; at that the "
+        "collector costs about a third of the hot path: docs/performance.md).",
     },
     "ChannelSettings": {
         "channel": "The service's channel. Set by its entry point (`python -m "
