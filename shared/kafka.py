@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from shared.config import CommonSettings
 from shared.errors import InvalidEvent
@@ -20,6 +21,8 @@ from shared.metrics import DEADLETTERS
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Batch: TypeAlias = dict[TopicPartition, list[Record]]
 
 
 def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:

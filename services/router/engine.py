@@ -15,11 +15,11 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 from redis.asyncio import Redis
 
 from services.router.machine import Effects, Machine
@@ -36,7 +36,7 @@ from shared.contract.models import (
     TimerFired,
 )
 from shared.errors import InvalidEvent
-from shared.kafka import send_deadletter
+from shared.kafka import Batch, Record, send_deadletter
 from shared.metrics import (
     ATTEMPTS,
     BATCH_SECONDS,
@@ -51,8 +51,7 @@ from shared.resp import pack
 
 log = logging.getLogger(__name__)
 
-Msg: TypeAlias = "ConsumerRecord[bytes, bytes]"
-Batch: TypeAlias = dict[TopicPartition, list[Msg]]
+Msg = Record
 INBOX_SCHEMAS = ("tongda.outcome/v1", "tongda.timer/v1")
 MAX_CONFLICT_ROUNDS = 5
 APPLY_CHUNK = 200  # transitions per write to Redis while the next ones are computed

@@ -13,10 +13,8 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
 from shared.channel.outcomes import AttemptRef, OutcomePublisher
@@ -26,7 +24,7 @@ from shared.config import ChannelSettings
 from shared.contract.codec import decode
 from shared.contract.models import Dispatch
 from shared.errors import InvalidEvent
-from shared.kafka import send_deadletter
+from shared.kafka import Batch, Record, send_deadletter
 from shared.masking import mask_address
 from shared.metrics import (
     BATCH_SECONDS,
@@ -40,8 +38,6 @@ from shared.templates import render
 
 log = logging.getLogger(__name__)
 
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-Batch: TypeAlias = dict[TopicPartition, list[Record]]
 
 FETCH_TIMEOUT_MS = 200  # how long one fetch waits; also how fast a stop is noticed
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
