@@ -106,6 +106,10 @@ class RouterService(mode.Service):
                 await self.engine.run(self.consumer, self.stopping)
             except KafkaError as exc:  # e.g. a commit refused during a rebalance
                 log.warning("batch loop: %s; batch will be redelivered and deduplicated", exc)
+            except Exception as exc:  # a bug: exit non-zero so the orchestrator restarts us
+                log.critical("batch loop failed; stopping the router", exc_info=True)
+                await self.crash(exc)
+                return
 
     async def _kafka_check(self) -> str | None:
         assert self.producer is not None
