@@ -18,15 +18,3 @@ class InvalidEvent(TongdaError):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
-
-
-class UnknownPlan(InvalidEvent):
-    """The event's `type` has no routing plan."""
-
-
-class ProviderError(TongdaError):
-    """A provider call failed in a way that may succeed if tried again."""
-
-
-class Conflict(TongdaError):
-    """A state transition lost a race with another writer and must be recomputed."""

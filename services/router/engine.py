@@ -51,7 +51,6 @@ from shared.resp import pack
 
 log = logging.getLogger(__name__)
 
-Msg = Record
 INBOX_SCHEMAS = ("tongda.outcome/v1", "tongda.timer/v1")
 MAX_CONFLICT_ROUNDS = 5
 APPLY_CHUNK = 200  # transitions per write to Redis while the next ones are computed
@@ -71,7 +70,7 @@ class _Pending:
 @dataclass
 class _BatchOut:
     records: list[tuple[TopicPartition, OutRecord]] = field(default_factory=list)
-    dead: list[tuple[Msg, InvalidEvent]] = field(default_factory=list)
+    dead: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
 
 
 def merge(into: Effects, fx: Effects) -> None:
@@ -142,7 +141,7 @@ class RouterEngine:
     async def process(self, batch: Batch) -> None:
         started = time.perf_counter()
         now = datetime.now(UTC)
-        by_topic: dict[str, list[tuple[TopicPartition, Msg]]] = {}
+        by_topic: dict[str, list[tuple[TopicPartition, Record]]] = {}
         size = 0
         for tp, msgs in batch.items():
             by_topic.setdefault(tp.topic, []).extend((tp, m) for m in msgs)
@@ -171,7 +170,9 @@ class RouterEngine:
 
     # --- per topic ------------------------------------------------------------------------
 
-    async def _profiles(self, items: Sequence[tuple[TopicPartition, Msg]], out: _BatchOut) -> None:
+    async def _profiles(
+        self, items: Sequence[tuple[TopicPartition, Record]], out: _BatchOut
+    ) -> None:
         commands: list[bytes] = []
         for _, msg in items:
             key = msg.key.decode(errors="replace") if msg.key else None
@@ -206,9 +207,9 @@ class RouterEngine:
         await self.store.run(commands)
 
     async def _requested(
-        self, items: Sequence[tuple[TopicPartition, Msg]], now: datetime, out: _BatchOut
+        self, items: Sequence[tuple[TopicPartition, Record]], now: datetime, out: _BatchOut
     ) -> list[_Pending]:
-        reqs: list[tuple[TopicPartition, Msg, NotificationRequested]] = []
+        reqs: list[tuple[TopicPartition, Record, NotificationRequested]] = []
         for tp, msg in items:
             try:
                 req = decode(msg.value, NotificationRequested)
@@ -246,9 +247,9 @@ class RouterEngine:
         return [p for p, ok in await self._apply(transitions()) if ok]
 
     async def _inbox(
-        self, items: Sequence[tuple[TopicPartition, Msg]], now: datetime, out: _BatchOut
+        self, items: Sequence[tuple[TopicPartition, Record]], now: datetime, out: _BatchOut
     ) -> list[_Pending]:
-        groups: dict[str, list[tuple[TopicPartition, Msg, AttemptOutcome | TimerFired]]] = {}
+        groups: dict[str, list[tuple[TopicPartition, Record, AttemptOutcome | TimerFired]]] = {}
         for tp, msg in items:
             try:
                 ev = decode_any(msg.value, *INBOX_SCHEMAS)
@@ -273,7 +274,7 @@ class RouterEngine:
 
     def _inbox_transitions(
         self,
-        groups: dict[str, list[tuple[TopicPartition, Msg, AttemptOutcome | TimerFired]]],
+        groups: dict[str, list[tuple[TopicPartition, Record, AttemptOutcome | TimerFired]]],
         nids: list[str],
         rows: list[Any],
         now: datetime,
@@ -292,7 +293,7 @@ class RouterEngine:
         nid: str,
         version: int,
         raw_state: bytes,
-        events: list[tuple[TopicPartition, Msg, AttemptOutcome | TimerFired]],
+        events: list[tuple[TopicPartition, Record, AttemptOutcome | TimerFired]],
         now: datetime,
         out: _BatchOut,
     ) -> _Pending | None:
