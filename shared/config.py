@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_API_TOKEN = "change-me"
+DEFAULT_ADDRESS_HASH_KEY = "tongda-dev-address-key"
 
 
 class Topics(BaseModel):
@@ -23,6 +24,9 @@ class Topics(BaseModel):
     status: str = "notifications.status"
     audit: str = "comms.audit"
     escalated: str = "inquiries.escalated"
+    resolved: str = "inquiries.resolved"
+    feedback: str = "inquiries.feedback"
+    preferences: str = "customers.preferences"
     deadletter: str = "notifications.deadletter"
     router_inbox: str = "tongda.router.inbox"
     dispatch_prefix: str = "tongda.dispatch."
@@ -58,6 +62,9 @@ class CommonSettings(BaseSettings):
     topics: Topics = Field(default_factory=Topics)
     faust_app_id: str = "tongda-router"  # the router's faust app; its leader topic is ours too
     key_prefix: str = "tongda:"
+    # HMAC key for sender addresses in Kafka keys and Redis key names (shared/addresses.py).
+    # Set it in production (from a Secret): the default only suits a laptop.
+    address_hash_key: SecretStr = SecretStr(DEFAULT_ADDRESS_HASH_KEY)
 
 
 class RouterSettings(CommonSettings):
@@ -80,7 +87,9 @@ class ChannelSettings(CommonSettings):
     """A channel service (sms, email, push, voice) and its provider."""
 
     channel: Literal["sms", "email", "push", "voice"] = "sms"
-    provider: Literal["sandbox"] = "sandbox"
+    # The provider's name, e.g. "sandbox" (the default); each channel's build_provider() lists
+    # the names it knows and refuses others (exit 2).
+    provider: str = "sandbox"
     consumer_group: str = ""  # "" → tongda-<channel>
     max_in_flight: int = 256
     dedupe_ttl_s: int = 7 * 24 * 3600

@@ -101,3 +101,39 @@ STALE_EVENTS = Counter(
     "Inbox events that changed nothing (duplicate outcome, timer for a step already left).",
     ["reason"],
 )
+INBOUND_MESSAGES = Counter(
+    "tongda_inbound_messages_total",
+    "Inbound borrower messages published as inquiries, by channel and provider.",
+    ["channel", "provider"],
+)
+POLICY_DECISIONS = Counter(
+    "tongda_policy_decisions_total",
+    "Contact-rule verdicts that were not 'send now', by verdict, rule and channel.",
+    ["verdict", "rule", "channel"],
+)
+INQUIRIES = Counter(
+    "tongda_inquiries_total",
+    "Inquiries classified by the router, by intent and tier.",
+    ["intent", "tier"],
+)
+INQUIRY_ESCALATIONS = Counter(
+    "tongda_inquiry_escalations_total",
+    "Escalations published, by tier and level (2 = respond_by passed).",
+    ["tier", "level"],
+)
+INQUIRY_SLA_MISSES = Counter(
+    "tongda_inquiry_sla_misses_total",
+    "Inquiries whose respond_by passed without inquiry.resolved/v1, by tier and intent.",
+    ["tier", "intent"],
+)
+CSAT_SCORES = Counter(
+    "tongda_csat_scores_total",
+    "Satisfaction scores (1-5) received after a resolved inquiry, by intent, tier and score.",
+    ["intent", "tier", "score"],
+)
+LOOP_STALLED = Gauge(
+    "tongda_consume_loop_stalled",
+    "1 while a service's consume loop has not completed a batch for its stall limit while "
+    "records wait, else 0.",
+    ["service"],
+)

@@ -14,7 +14,14 @@ from services.email.providers import EmailSandbox
 from services.push.providers import PushSandbox
 from services.sms.providers import SmsSandbox
 from services.voice.providers import VoiceSandbox
-from shared.channel.provider import Accepted, Completed, ProviderContext, Receipt, SendResult
+from shared.channel.provider import (
+    Accepted,
+    Completed,
+    Inbound,
+    ProviderContext,
+    Receipt,
+    SendResult,
+)
 from shared.channel.sandbox import SandboxProvider
 from shared.config import ChannelSettings
 from shared.contract.models import Channel, Dispatch
@@ -31,7 +38,12 @@ class Collector:
 
     def __init__(self) -> None:
         self.receipts: list[tuple[float, Receipt]] = []
+        self.inbounds: list[Inbound] = []
         self.arrived = asyncio.Condition()
+
+    async def inbound(self, message: Inbound) -> str:
+        self.inbounds.append(message)
+        return f"inq-{len(self.inbounds)}"
 
     async def __call__(self, receipt: Receipt) -> bool:
         async with self.arrived:
@@ -66,7 +78,7 @@ async def started(
     async def start(provider: SandboxProvider, **overrides: object) -> Started:
         settings = make_settings(provider.channel, sandbox_time_scale=SCALE, **overrides)
         collector = Collector()
-        await provider.start(ProviderContext(settings, redis, collector))
+        await provider.start(ProviderContext(settings, redis, collector, collector.inbound))
         providers.append(provider)
         return provider, collector, settings
 

@@ -13,6 +13,7 @@ class PushSandbox(SandboxProvider):
     """Push: a token starting `invalid` is unregistered (refused at once); the rest delivered."""
 
     channel = "push"
+    accepts_inbound = False  # app messages reach inquiries.received from the app backend
 
     async def script(self, dispatch: Dispatch) -> Script:
         """Choose the outcome from the device token."""

@@ -19,6 +19,7 @@ class VoiceSandbox(SandboxProvider):
     """Voice calls steered by the number's last four digits (see docs/CONTRACT.md)."""
 
     channel = "voice"
+    inbound_text_required = False  # POST /sandbox/inbound {"from": ...} is a missed call
 
     async def script(self, dispatch: Dispatch) -> Script:
         """Choose the call's outcome and how long it takes from the number."""

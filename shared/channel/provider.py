@@ -7,6 +7,8 @@ A provider's `send()` hands one attempt over and answers at once with either `Ac
 answer). An exception from `send()` is a provider or network error: the attempt's outcome is
 `failed`. Receipts (SMS DLRs, call results, bounces) are delivered to the `on_receipt`
 callback the service passes to `start()`; a provider's webhook handler calls the same callback.
+Messages borrowers send us (SMS replies, reply emails, missed inbound calls, a DTMF call-back
+request) go to `on_inbound` (shared/channel/inbound.py), which publishes `inquiry.received/v1`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Literal
 from aiohttp import web
 from redis.asyncio import Redis
 
+from shared.channel.inbound import Inbound, InboundSink
 from shared.config import ChannelSettings
 from shared.contract.models import Dispatch
 from shared.templates import Message
@@ -27,6 +30,8 @@ from shared.templates import Message
 __all__ = [
     "Accepted",
     "Completed",
+    "Inbound",
+    "InboundSink",
     "Message",
     "Provider",
     "ProviderContext",
@@ -89,6 +94,8 @@ class ProviderContext:
     settings: ChannelSettings
     redis: Redis
     on_receipt: ReceiptSink
+    # Borrowers' messages to us (replies, missed calls): published as inquiry.received/v1.
+    on_inbound: InboundSink
 
 
 class Provider(abc.ABC):

@@ -10,11 +10,16 @@ import logging
 import random
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
 
 from shared.channel.provider import (
     Accepted,
     Completed,
+    Inbound,
     Message,
     Provider,
     ProviderContext,
@@ -23,6 +28,7 @@ from shared.channel.provider import (
     SendResult,
 )
 from shared.contract.models import Channel, Dispatch
+from shared.http import json_error
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,9 @@ class SandboxProvider(Provider):
     """A channel's sandbox; subclasses choose each send's `Script` from its address."""
 
     channel: Channel
+    # POST /sandbox/inbound: a borrower's message (sms, email) or missed call (voice).
+    accepts_inbound: bool = True
+    inbound_text_required: bool = True  # voice: a missed call has no text
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.name = f"sandbox-{self.channel}"
@@ -93,6 +102,32 @@ class SandboxProvider(Provider):
             await self.ctx.on_receipt(Receipt(pmid, script.outcome, script.detail))
         except Exception:
             log.exception("receipt not reported", extra={"provider_message_id": pmid})
+
+    def webhook_routes(self) -> Sequence[web.RouteDef]:
+        """`POST /sandbox/inbound` where the channel takes inbound messages (contract)."""
+        return [web.post("/sandbox/inbound", self.inbound)] if self.accepts_inbound else []
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """`{"from": ..., "text": ...}` → inquiry.received/v1, as a provider's webhook would."""
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, "malformed_json", str(exc))
+        if not isinstance(body, dict):
+            return json_error(400, "malformed_json", "body must be a JSON object")
+        sender, text = body.get("from"), body.get("text", "")
+        if not isinstance(sender, str) or not sender.strip() or len(sender) > 320:
+            return json_error(
+                400, "invalid_fields", "from: a phone or email is required", field="from"
+            )
+        if not isinstance(text, str) or len(text) > 10_000:
+            return json_error(
+                400, "invalid_fields", "text: a string of at most 10,000 characters", field="text"
+            )
+        if self.inbound_text_required and not text.strip():
+            return json_error(400, "invalid_fields", "text: must not be empty", field="text")
+        inquiry_id = await self.ctx.on_inbound(Inbound(from_=sender, text=text))
+        return web.json_response({"inquiry_id": inquiry_id}, status=202)
 
     async def close(self) -> None:
         """Drop the receipts not yet reported."""

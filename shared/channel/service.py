@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
+from shared.channel.inbound import InboundPublisher
 from shared.channel.outcomes import OutcomePublisher
 from shared.channel.provider import Provider, ProviderContext
 from shared.channel.receipts import ReceiptBook
@@ -35,6 +36,7 @@ class ChannelService:
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.receipts: ReceiptBook | None = None
+        self.inbound: InboundPublisher | None = None
         self.worker: ChannelWorker | None = None
         self.loop_task: asyncio.Task[None] | None = None
         self._provider_started = False
@@ -42,7 +44,12 @@ class ChannelService:
     async def start(self) -> None:
         """Check the topics, connect, start the provider, then start consuming."""
         s = self.settings
-        topics = [s.topics.dispatch(s.channel), s.topics.router_inbox, s.topics.deadletter]
+        topics = [
+            s.topics.dispatch(s.channel),
+            s.topics.router_inbox,
+            s.topics.deadletter,
+            s.topics.inquiries,
+        ]
         missing = await missing_topics(s, topics)
         if missing:
             raise ConfigError(
@@ -55,7 +62,10 @@ class ChannelService:
         await self.producer.start()
         publisher = OutcomePublisher(s, self.producer, self.provider.name)
         self.receipts = ReceiptBook(s, self.redis, publisher)
-        await self.provider.start(ProviderContext(s, self.redis, self.receipts.resolve))
+        self.inbound = InboundPublisher(s, self.producer, self.provider.name)
+        await self.provider.start(
+            ProviderContext(s, self.redis, self.receipts.resolve, self.inbound.publish)
+        )
         self._provider_started = True
         self.consumer = make_consumer(s, s.group, [topics[0]], self.client_id)
         await self.consumer.start()

@@ -181,6 +181,7 @@ class InquiryReceived(_Model):
     from_: Annotated[str, StringConstraints(min_length=1, max_length=320)] = Field(alias="from")
     text: Annotated[str, StringConstraints(max_length=10_000)]
     received_at: AwareDatetime
+    in_reply_to: Id | None = None
 
 
 class InquiryEscalated(_Model):
