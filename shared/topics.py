@@ -39,6 +39,9 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
         TopicSpec(t.status, n),
         TopicSpec(t.audit, n),
         TopicSpec(t.escalated, n),
+        TopicSpec(t.resolved, n),
+        TopicSpec(t.feedback, n),
+        TopicSpec(t.preferences, n),
         TopicSpec(t.deadletter, n, big),
         TopicSpec(t.router_inbox, n),
     ]
