@@ -35,6 +35,7 @@ class Dispatch(msgspec.Struct, kw_only=True):
     data: dict[str, Any]
     dispatched_at: datetime
     requested_at: datetime
+    template: str | None = None
 
 
 class CommsRecord(msgspec.Struct, kw_only=True):

@@ -217,6 +217,9 @@ class Dispatch(_Model):
     data: dict[str, Any] = Field(default_factory=dict)
     dispatched_at: datetime
     requested_at: datetime
+    # The message to render when it is not the notification type's own (e.g. `missed_call`,
+    # an inquiry reply `reply.amount_due`); None: render `type`.
+    template: str | None = None
 
 
 class AttemptOutcome(_Model):
