@@ -10,6 +10,7 @@ does (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -101,11 +102,21 @@ class RouterService(mode.Service):
 
     async def _run_loop(self) -> None:
         assert self.engine is not None and self.consumer is not None
+        backoff_s = 0.0
         while not self.stopping.is_set():
             try:
                 await self.engine.run(self.consumer, self.stopping)
             except KafkaError as exc:  # e.g. a commit refused during a rebalance
-                log.warning("batch loop: %s; batch will be redelivered and deduplicated", exc)
+                # Back off (up to 10 s) so an error that repeats is never a hot loop.
+                backoff_s = min(10.0, backoff_s * 2 or 0.2)
+                log.warning(
+                    "batch loop: %s; batch will be redelivered and deduplicated; "
+                    "again in %.1f s",
+                    exc,
+                    backoff_s,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), backoff_s)
             except Exception as exc:  # a bug: exit non-zero so the orchestrator restarts us
                 log.critical("batch loop failed; stopping the router", exc_info=True)
                 await self.crash(exc)
