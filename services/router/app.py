@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import faust
@@ -104,10 +105,14 @@ class RouterService(mode.Service):
         assert self.engine is not None and self.consumer is not None
         backoff_s = 0.0
         while not self.stopping.is_set():
+            ran_since = time.monotonic()
             try:
                 await self.engine.run(self.consumer, self.stopping)
             except KafkaError as exc:  # e.g. a commit refused during a rebalance
-                # Back off (up to 10 s) so an error that repeats is never a hot loop.
+                # Back off (up to 10 s) so an error that repeats is never a hot loop; an
+                # error after a long healthy run starts again from the shortest delay.
+                if time.monotonic() - ran_since > 30:
+                    backoff_s = 0.0
                 backoff_s = min(10.0, backoff_s * 2 or 0.2)
                 log.warning(
                     "batch loop: %s; batch will be redelivered and deduplicated; "
