@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from shared.config import CommonSettings
@@ -150,6 +152,40 @@ def test_settings_env_points_settings_at_our_servers(
     assert env["TONGDA_TOPICS__AUDIT"] == "audit.test"
 
 
+def test_redis_keeps_its_state_across_restarts_and_kills(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis.log")
+    server.start()
+    try:
+        client = SyncRedis(host="127.0.0.1", port=server.port)
+        try:
+            assert client.config_get("appendonly") == {"appendonly": "yes"}
+            assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+            client.set("kept", b"1")
+            server.restart()  # SIGTERM: the AOF is flushed on the way out
+            assert client.get("kept") == b"1"
+            client.set("kept", b"2")
+            # SIGKILL: redis writes the AOF before it replies (fsync follows within a second;
+            # only an OS crash could lose the page cache), so an acknowledged write survives
+            server.kill()
+            server.start()
+            assert client.get("kept") == b"2"
+        finally:
+            client.close()
+        assert any(server.data_dir.glob("appendonlydir/*.aof"))
+    finally:
+        server.stop_sync()
+    server.wipe()
+    server.start()
+    try:
+        client = SyncRedis(host="127.0.0.1", port=server.port)
+        try:
+            assert client.dbsize() == 0
+        finally:
+            client.close()
+    finally:
+        server.stop_sync()
+
+
 def test_broker_and_redis_restart_on_the_same_port(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker.log")
     redis = RedisServer(tmp_path / "redis.log")
@@ -276,6 +312,9 @@ def test_cli_up_status_down_round_trip(tmp_path: Path) -> None:
     try:
         assert "export TONGDA_KAFKA_BOOTSTRAP=" in up.stdout
         env_text = (run_dir / "env").read_text()
+        # both hold the API token: readable by the owner only
+        assert stat.S_IMODE((run_dir / "env").stat().st_mode) == 0o600
+        assert stat.S_IMODE((run_dir / "pids").stat().st_mode) == 0o600
         assert "TONGDA_REDIS_URL=" in env_text and "TONGDA_API_TOKEN=" in env_text
         pids = json.loads((run_dir / "pids").read_text())
         procs = pids["processes"]
