@@ -26,4 +26,9 @@ def build_provider(settings: ChannelSettings) -> Provider:
     """The provider `settings.provider` names."""
     if settings.provider == "sandbox":
         return PushSandbox()
+    if settings.provider == "fcm":
+        from services.push.fcm import FcmPush, FcmSettings
+        from shared.channel.http_provider import provider_settings
+
+        return FcmPush(provider_settings(FcmSettings, "TONGDA_FCM_"))
     raise ConfigError(f"unknown push provider {settings.provider!r}")

@@ -28,4 +28,10 @@ def build_provider(settings: ChannelSettings) -> Provider:
     """The provider `settings.provider` names."""
     if settings.provider == "sandbox":
         return SmsSandbox()
+    if settings.provider == "twilio":
+        from services.sms.twilio import TwilioSms
+        from shared.channel.http_provider import provider_settings
+        from shared.channel.twilio import TwilioSettings
+
+        return TwilioSms(provider_settings(TwilioSettings, "TONGDA_TWILIO_"))
     raise ConfigError(f"unknown sms provider {settings.provider!r}")

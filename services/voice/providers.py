@@ -59,4 +59,10 @@ def build_provider(settings: ChannelSettings) -> Provider:
     """The provider `settings.provider` names."""
     if settings.provider == "sandbox":
         return VoiceSandbox()
+    if settings.provider == "twilio":
+        from services.voice.twilio import TwilioVoice
+        from shared.channel.http_provider import provider_settings
+        from shared.channel.twilio import TwilioSettings
+
+        return TwilioVoice(provider_settings(TwilioSettings, "TONGDA_TWILIO_"))
     raise ConfigError(f"unknown voice provider {settings.provider!r}")

@@ -1,0 +1,191 @@
+"""Inbound provider callbacks, made safe: signature checked, replays ignored, rate-limited.
+
+Every Twilio webhook route (SMS status and inbound, voice status and inbound) is built by
+`TwilioWebhooks.route`, which, in this order:
+
+1. rate-limits the route with a token bucket per process: past the limit it answers 429
+   with `Retry-After` before reading the body (Twilio retries; nothing is lost);
+2. checks `X-Twilio-Signature`: base64(HMAC-SHA1(auth token, URL + the POST parameters
+   sorted by name, each name followed by its value)), over the URL as Twilio called it
+   (`TONGDA_TWILIO_PUBLIC_URL` + path and query); missing or wrong → 403, nothing done;
+3. claims the callback in Redis (`SET NX` on `<prefix>webhook:seen:<provider>:<sid>:<status>`,
+   kept `replay_ttl_s`): a callback already handled answers 200 and does nothing;
+4. runs the handler, which publishes (receipt, inquiry) before answering 2xx. If the handler
+   fails, the claim is released and the answer is 5xx, so Twilio's retry is handled afresh.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from shared.channel.twilio import TwilioSettings
+from shared.http import json_error
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+Params = dict[str, str]
+WebhookHandler = Callable[[Params], Awaitable[web.Response]]
+# The (sid, status) a callback is deduplicated by; None when the callback has no sid.
+DedupeKey = Callable[[Params], tuple[str, str] | None]
+
+
+def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
+    """The `X-Twilio-Signature` Twilio computes for a form POST to `url`."""
+    data = url + "".join(name + value for name, value in sorted(params))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def valid_twilio_signature(
+    auth_token: str, url: str, params: Iterable[tuple[str, str]], signature: str | None
+) -> bool:
+    """True when `signature` is the one Twilio would send (compared in constant time)."""
+    if not signature:
+        return False
+    expected = twilio_signature(auth_token, url, params)
+    return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+def twiml(body: str = EMPTY_TWIML) -> web.Response:
+    """A TwiML answer."""
+    return web.Response(text=body, content_type="text/xml")
+
+
+class TokenBucket:
+    """`rate` requests per second on average, `burst` at once; in memory, per process."""
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> float:
+        """Take one token: 0.0 when allowed, else the seconds until one is available."""
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate if self.rate > 0 else 60.0
+
+
+class ReplayGuard:
+    """Remembers callbacks already handled, by provider, provider id and status."""
+
+    def __init__(self, redis: Redis, key_prefix: str, ttl_s: int) -> None:
+        self.redis = redis
+        self.key_prefix = key_prefix
+        self.ttl_s = ttl_s
+
+    def key(self, provider: str, sid: str, status: str) -> str:
+        """The Redis key of one callback."""
+        return f"{self.key_prefix}webhook:seen:{provider}:{sid}:{status}"
+
+    async def claim(self, provider: str, sid: str, status: str) -> bool:
+        """True the first time; False for a replay."""
+        return bool(
+            await self.redis.set(self.key(provider, sid, status), b"1", nx=True, ex=self.ttl_s)
+        )
+
+    async def release(self, provider: str, sid: str, status: str) -> None:
+        """Forget a claim whose handling failed, so the provider's retry is handled."""
+        await self.redis.delete(self.key(provider, sid, status))
+
+
+class TwilioWebhooks:
+    """Builds a provider's Twilio webhook routes; `start()` gives them the auth token and Redis."""
+
+    def __init__(self, settings: TwilioSettings, provider: str = "twilio") -> None:
+        self.settings = settings
+        self.provider = provider
+        self._token: str | None = None
+        self._guard: ReplayGuard | None = None
+
+    def start(self, auth_token: str, redis: Redis, key_prefix: str) -> None:
+        """Called from the provider's start(): routes answer 503 until then."""
+        self._token = auth_token
+        self._guard = ReplayGuard(redis, key_prefix, self.settings.replay_ttl_s)
+
+    def signed_url(self, request: web.Request) -> str:
+        """The URL Twilio signed: the configured public URL with the request's path and query
+        (not the URL as this service sees it behind a load balancer)."""
+        return self.settings.callback_url(request.path_qs)
+
+    def route(
+        self,
+        path: str,
+        handler: WebhookHandler,
+        dedupe: DedupeKey,
+        required: Sequence[str] = (),
+    ) -> web.RouteDef:
+        """`POST path`, guarded as the module describes."""
+        bucket = TokenBucket(self.settings.webhook_rate_per_s, self.settings.webhook_burst)
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            wait = bucket.take()
+            if wait > 0:
+                return _too_many(wait)
+            token, guard = self._token, self._guard
+            if token is None or guard is None:
+                return json_error(503, "not_ready", "the provider is starting")
+            pairs = await _form_pairs(request)
+            if pairs is None:
+                return json_error(400, "malformed_form", "expected a form-encoded body")
+            if not valid_twilio_signature(
+                token, self.signed_url(request), pairs, request.headers.get(SIGNATURE_HEADER)
+            ):
+                log.warning("webhook refused: bad or missing signature", extra={"route": path})
+                return json_error(403, "forbidden", f"missing or invalid {SIGNATURE_HEADER}")
+            params = dict(pairs)
+            missing = [name for name in required if not params.get(name)]
+            if missing:
+                return json_error(400, "invalid_fields", f"missing {', '.join(missing)}")
+            key = dedupe(params)
+            if key is None:
+                return await handler(params)
+            if not await guard.claim(self.provider, *key):
+                log.info("replayed callback ignored", extra={"route": path, "sid": key[0]})
+                return twiml()
+            try:
+                return await handler(params)
+            except BaseException:
+                await guard.release(self.provider, *key)
+                raise
+
+        return web.post(path, guarded)
+
+
+def _too_many(wait_s: float) -> web.Response:
+    resp = json_error(429, "rate_limited", "too many webhook requests; retry later")
+    resp.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+    return resp
+
+
+async def _form_pairs(request: web.Request) -> list[tuple[str, str]] | None:
+    """The POST parameters in order, or None when the body is not a plain form."""
+    if request.content_type not in ("application/x-www-form-urlencoded", ""):
+        return None
+    form = await request.post()
+    pairs = []
+    for name, value in form.items():  # a MultiDictProxy: repeated names come through
+        if not isinstance(value, str):
+            return None
+        pairs.append((name, value))
+    return pairs

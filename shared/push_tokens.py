@@ -1,0 +1,43 @@
+"""Push tokens the push service learned are dead (FCM `UNREGISTERED`, an invalid token).
+
+When a push provider rejects a token as unregistered or invalid, the push service records it
+under `<prefix>push:dead:<customer_id>:<address_hash(token)>`; the router, building a push
+leg, skips a customer's token while `is_token_dead` holds. A new token in the profile has
+another hash, so it is used at once ("until the profile changes"); the key expires after
+`ttl_s` (FCM tokens of uninstalled apps never come back). The token itself is never a key
+name: `address_hash` is a keyed HMAC (shared/addresses.py).
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from shared.addresses import address_hash
+from shared.config import CommonSettings
+
+DEAD_TOKEN_TTL_S = 180 * 24 * 3600
+
+
+def dead_token_key(settings: CommonSettings, customer_id: str, token: str) -> str:
+    """The Redis key marking `token` dead for `customer_id`."""
+    digest = address_hash(settings.address_hash_key.get_secret_value().encode(), token)
+    return f"{settings.key_prefix}push:dead:{customer_id}:{digest}"
+
+
+async def mark_token_dead(
+    redis: Redis,
+    settings: CommonSettings,
+    customer_id: str,
+    token: str,
+    reason: str,
+    ttl_s: int = DEAD_TOKEN_TTL_S,
+) -> None:
+    """Record that `token` must not be used for `customer_id` (value: the reason)."""
+    await redis.set(dead_token_key(settings, customer_id, token), reason.encode(), ex=ttl_s)
+
+
+async def is_token_dead(
+    redis: Redis, settings: CommonSettings, customer_id: str, token: str
+) -> bool:
+    """True when `token` was found dead for `customer_id`."""
+    return bool(await redis.exists(dead_token_key(settings, customer_id, token)))
