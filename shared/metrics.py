@@ -137,3 +137,23 @@ LOOP_STALLED = Gauge(
     "records wait, else 0.",
     ["service"],
 )
+PROVIDER_CIRCUIT_STATE = Gauge(
+    "tongda_provider_circuit_state",
+    "A failover provider's circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ["channel", "provider"],
+)
+PROVIDER_FAILOVERS = Counter(
+    "tongda_provider_failovers_total",
+    "Sends that moved from one provider to the next (failure, error or open circuit).",
+    ["channel", "from_provider", "to_provider"],
+)
+PROVIDER_THROTTLED = Counter(
+    "tongda_provider_throttled_total",
+    "Times a provider told us to slow down (SMPP ESME_RTHROTTLED / ESME_RMSGQFUL).",
+    ["channel", "provider"],
+)
+PROVIDER_SESSIONS = Gauge(
+    "tongda_provider_sessions_bound",
+    "Provider sessions currently bound (SMPP transceivers).",
+    ["channel", "provider"],
+)
