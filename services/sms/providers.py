@@ -25,13 +25,31 @@ class SmsSandbox(SandboxProvider):
 
 
 def build_provider(settings: ChannelSettings) -> Provider:
-    """The provider `settings.provider` names."""
-    if settings.provider == "sandbox":
+    """The provider `settings.provider` names; a comma-separated list (`smpp,twilio`) is a
+    failover chain in that order (shared/channel/failover.py, tuned by TONGDA_FAILOVER_*)."""
+    names = [n.strip() for n in settings.provider.split(",") if n.strip()]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"sms provider chain {settings.provider!r} names one twice")
+    if len(names) > 1:
+        from shared.channel.failover import FailoverProvider, FailoverSettings
+
+        return FailoverProvider([build_one(n) for n in names], FailoverSettings())
+    return build_one(settings.provider)
+
+
+def build_one(name: str) -> Provider:
+    """One provider by name; its own settings come from its TONGDA_<NAME>_* variables."""
+    if name == "sandbox":
         return SmsSandbox()
-    if settings.provider == "twilio":
+    if name == "smpp":
+        from services.sms.smpp.provider import SmppProvider
+        from services.sms.smpp.settings import load_smpp_settings
+
+        return SmppProvider(load_smpp_settings())
+    if name == "twilio":
         from services.sms.twilio import TwilioSms
         from shared.channel.http_provider import provider_settings
         from shared.channel.twilio import TwilioSettings
 
         return TwilioSms(provider_settings(TwilioSettings, "TONGDA_TWILIO_"))
-    raise ConfigError(f"unknown sms provider {settings.provider!r}")
+    raise ConfigError(f"unknown sms provider {name!r}")

@@ -1,0 +1,1 @@
+"""SMS over SMPP 3.4: the PDU codec, one transceiver session, the provider, a test SMSC."""
