@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Time to a final status: the SLOs read the 300 s (urgent, high) and 3600 s (normal) buckets.
+NOTIFICATION_BUCKETS = (*LATENCY_BUCKETS, 600, 1800, 3600, 7200, 21600, 86400)
 
 EVENTS_CONSUMED = Counter(
     "tongda_events_consumed_total",
@@ -37,7 +39,7 @@ NOTIFICATION_SECONDS = Histogram(
     "tongda_notification_duration_seconds",
     "From occurred_at to final status, by type and status.",
     ["type", "status"],
-    buckets=LATENCY_BUCKETS,
+    buckets=NOTIFICATION_BUCKETS,
 )
 ATTEMPTS = Counter(
     "tongda_attempts_total",
@@ -156,4 +158,26 @@ PROVIDER_SESSIONS = Gauge(
     "tongda_provider_sessions_bound",
     "Provider sessions currently bound (SMPP transceivers).",
     ["channel", "provider"],
+)
+# --- operations (deploy/prometheus rules, deploy/grafana dashboards) -------------------------
+CONSUMER_LAG = Gauge(
+    "tongda_consumer_lag_records",
+    "Records waiting on this process's assigned partitions (high-water mark - position).",
+    ["service"],
+)
+REDIS_SECONDS = Histogram(
+    "tongda_redis_command_seconds",
+    "Redis round trips (a command, a pipeline or a Lua script call), by service and operation.",
+    ["service", "operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+REDIS_UP = Gauge(
+    "tongda_redis_up",
+    "1 while the last Redis call or ping succeeded, 0 after a connection error or timeout.",
+    ["service"],
+)
+VOICE_OUTCOMES_BY_HOUR = Counter(
+    "tongda_voice_outcomes_by_local_hour_total",
+    "Voice attempt outcomes by the borrower's local hour of the call (0-23).",
+    ["outcome", "hour"],
 )
