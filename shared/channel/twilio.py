@@ -110,7 +110,11 @@ class TwilioClient:
         """Check the configuration and open the HTTP session; return the auth token."""
         token = self.settings.check()
         self._session = aiohttp.ClientSession(
-            auth=aiohttp.BasicAuth(self.settings.account_sid, token.get_secret_value()),
+            headers={
+                "Authorization": aiohttp.encode_basic_auth(
+                    self.settings.account_sid, token.get_secret_value()
+                )
+            },
             timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_s),
             raise_for_status=False,
         )

@@ -42,8 +42,9 @@ DedupeKey = Callable[[Params], tuple[str, str] | None]
 
 
 def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
-    """The `X-Twilio-Signature` Twilio computes for a form POST to `url`."""
-    data = url + "".join(name + value for name, value in sorted(params))
+    """The `X-Twilio-Signature` Twilio computes for a form POST to `url` (a name given
+    several times counts each of its distinct values once, as Twilio's libraries do)."""
+    data = url + "".join(name + value for name, value in sorted(set(params)))
     digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
