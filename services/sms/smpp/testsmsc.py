@@ -93,6 +93,8 @@ class TestSmsc:
         self.receipt_acks: list[int] = []  # ... and for receipts
         self.throttle = 0  # answer the next N submits with ESME_RTHROTTLED
         self.throttled = 0
+        self.stall = False  # take submits and never answer them
+        self.stalled: list[ShortMessage] = []
         self._ids = itertools.count(0x1000)
         self._peers: set[_Peer] = set()
         self._server: asyncio.Server | None = None
@@ -230,6 +232,9 @@ class TestSmsc:
 
     def _submit(self, peer: _Peer, p: Pdu) -> None:
         sm = ShortMessage.decode(p.body)
+        if self.stall:
+            self.stalled.append(sm)
+            return
         if self.throttle > 0:
             self.throttle -= 1
             self.throttled += 1
