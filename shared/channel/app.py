@@ -82,13 +82,14 @@ def redis_check(service: ChannelService) -> ReadinessCheck:
 
 
 def consumer_check(service: ChannelService) -> ReadinessCheck:
-    """Ready while the consume loop runs and its last batch succeeded."""
+    """Ready while the consume loop runs and is not stalled (shared/health.py: no batch
+    completed for `stall_after_s` while records wait)."""
 
     async def check() -> str | None:
         task, worker = service.loop_task, service.worker
         if task is None or worker is None or task.done():
             return "consume loop not running"
-        return worker.last_error
+        return await worker.watchdog.stalled()
 
     return check
 

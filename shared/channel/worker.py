@@ -25,6 +25,7 @@ from shared.contract.codec import decode
 from shared.contract.models import Dispatch
 from shared.errors import InvalidEvent
 from shared.kafka import Batch, Record, send_deadletter
+from shared.health import Watchdog, consumer_lag
 from shared.masking import mask_address
 from shared.metrics import (
     BATCH_SECONDS,
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 
 FETCH_TIMEOUT_MS = 200  # how long one fetch waits; also how fast a stop is noticed
-RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 EXPIRE_EVERY_S = 10.0  # how often attempts never reported are looked for
 
 
@@ -76,19 +76,29 @@ class ChannelWorker:
         self.channel = settings.channel
         self.service = f"tongda-{settings.channel}"
         self.topic = settings.topics.dispatch(settings.channel)
-        self.last_error: str | None = None
+        self.watchdog = Watchdog(
+            self.service, settings.stall_after_s, lambda: consumer_lag(consumer), logger=log
+        )
         self._send_slots = asyncio.Semaphore(settings.max_in_flight)
         self._stopping = asyncio.Event()
         self._uncommitted: dict[TopicPartition, int] = {}
         self._next_expiry = 0.0
 
     def stop_fetching(self) -> None:
+    @property
+    def last_error(self) -> str | None:
+        """The last failure of the loop, None once an iteration completed after it."""
+        return self.watchdog.last_error
+
         """Take no new batch; the batch in hand is still handed over and committed."""
         self._stopping.set()
 
     async def run(self) -> None:
-        """Fetch, hand over and commit batches until `stop_fetching()` is called."""
-        failures = 0
+        """Fetch, hand over and commit batches until `stop_fetching()` is called.
+
+        The watchdog hears of each batch fetched and done (and each empty fetch); a failure
+        is logged at a bounded rate and retried after a growing backoff.
+        """
         while not self._stopping.is_set():
             batch: Batch = {}
             try:
@@ -97,19 +107,20 @@ class ChannelWorker:
                 if not batch or self._stopping.is_set():
                     continue  # a batch fetched after the stop stays uncommitted: refetched
                 try:
+                if not batch:
+                    self.watchdog.nothing_fetched()
+                    continue
+                self.watchdog.batch_started(sum(len(rs) for rs in batch.values()))
                     await self.process(batch)
                 except Exception:
                     self._rewind(batch)  # its sends already handed over are skipped as claimed
                     raise
                 await self.commit()
-                self.last_error, failures = None, 0
+                self.watchdog.batch_done()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("batch failed; retrying")
-                await self._backoff(RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)])
-                failures += 1
+                await self._backoff(self.watchdog.failed(exc))
 
     async def process(self, batch: Batch) -> None:
         """Decode, claim and hand over one batch; raise if an outcome could not be published."""

@@ -1,0 +1,199 @@
+"""Readiness that tells the truth about a consume loop, and logging a repeated failure calmly.
+
+* `Watchdog`: the loop calls `batch_started(n)` when it fetched n records, `batch_done()`
+  after the batch is handled and committed, `nothing_fetched()` after an empty fetch, and
+  `failed(exc)` when a batch fails; `failed` logs at a
+  bounded rate and returns how long to back off. `check()` is a readiness check: it reports
+  the loop stalled when nothing completed for `stall_after_s` while records wait (a batch in
+  hand not done, or consumer lag > 0), and keeps `tongda_consume_loop_stalled{service}` up to
+  date.
+* `RateLimitedLog`: the same message at most once per `every_s` seconds, the next one saying
+  how many were suppressed in between.
+* `consumer_lag(consumer)`: records waiting on the consumer's assigned partitions
+  (high-water mark minus position).
+
+See docs/reliability.md ("Readiness").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer
+
+from shared.metrics import LOOP_STALLED
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+LagProbe = Callable[[], Awaitable[int | None]]  # records waiting; None when unknown
+
+BACKOFF_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0)
+LOG_EVERY_S = 5.0
+
+
+@dataclass
+class _Seen:
+    last_logged: float
+    suppressed: int = 0
+
+
+class RateLimitedLog:
+    """Log each distinct message at most once per `every_s` s, counting what was suppressed.
+
+    The key is the message text (e.g. the exception's type and text), so a different error is
+    logged at once while the same one repeating is summarised.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, every_s: float = LOG_EVERY_S, clock: Clock = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self.clock = clock
+        self._seen: dict[str, _Seen] = {}
+
+    def log(
+        self,
+        level: int,
+        key: str,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+    ) -> bool:
+        """Log `msg % args` unless `key` was logged less than `every_s` ago; True if logged.
+
+        A logged repeat carries `suppressed` (how many were dropped since the last one) in
+        the message and in the record's extra fields; a traceback only on the first.
+        """
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen.last_logged < self.every_s:
+            seen.suppressed += 1
+            return False
+        if len(self._seen) > 256:  # bounded: forget keys not seen for a while
+            self._seen = {
+                k: v for k, v in self._seen.items() if now - v.last_logged < 10 * self.every_s
+            }
+        suppressed = seen.suppressed if seen else 0
+        if seen is not None:
+            msg += " (repeated; %d more suppressed in the last %.0f s)"
+            args = (*args, suppressed, now - seen.last_logged)
+        self.logger.log(
+            level,
+            msg,
+            *args,
+            exc_info=exc_info if seen is None else None,
+            extra={"suppressed": suppressed},
+        )
+        self._seen[key] = _Seen(last_logged=now)
+        return True
+
+    def forget(self) -> None:
+        """Start afresh (after a recovery): the next failure is logged at once."""
+        self._seen.clear()
+
+
+async def consumer_lag(consumer: AIOKafkaConsumer) -> int | None:
+    """Records waiting on the assigned partitions, or None if a high-water mark is unknown."""
+    total = 0
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            return None
+        total += max(0, high - await consumer.position(tp))
+    return total
+
+
+class Watchdog:
+    """Tracks one consume loop's progress; see the module docstring."""
+
+    def __init__(
+        self,
+        service: str,
+        stall_after_s: float,
+        lag: LagProbe | None = None,
+        *,
+        logger: logging.Logger | None = None,
+        backoff_s: Sequence[float] = BACKOFF_S,
+        log_every_s: float = LOG_EVERY_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.stall_after_s = stall_after_s
+        self.lag = lag
+        self.backoff_s = tuple(backoff_s)
+        self.clock = clock
+        self.failures = 0  # consecutive
+        self.in_hand = 0  # records fetched and not yet done (a failed batch is fetched again)
+        self.last_error: str | None = None
+        self.last_done = clock()
+        self.log = RateLimitedLog(logger or log, log_every_s, clock)
+        LOOP_STALLED.labels(service=service).set(0)
+
+    def batch_started(self, records: int) -> None:
+        """The loop fetched `records` records and works on them."""
+        self.in_hand = records
+
+    def batch_done(self) -> None:
+        """A batch was handled and committed."""
+        if self.failures:
+            log.info(
+                "consume loop recovered after %d failed attempts",
+                self.failures,
+                extra={"service": self.service},
+            )
+            self.log.forget()
+        self.last_done = self.clock()
+        self.failures = 0
+        self.in_hand = 0
+        self.last_error = None
+
+    def nothing_fetched(self) -> None:
+        """An empty fetch: progress, unless a failed batch still waits to be fetched again (a
+        fetch right after a rewind can come back empty)."""
+        if not self.in_hand:
+            self.last_done = self.clock()
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failed iteration, log it (rate-limited); return the seconds to back off."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        delay = self.backoff_s[min(self.failures, len(self.backoff_s) - 1)]
+        self.failures += 1
+        if self.idle_s() >= self.stall_after_s:  # a failing batch: records are waiting
+            LOOP_STALLED.labels(service=self.service).set(1)
+        self.log.log(
+            logging.ERROR,
+            self.last_error,
+            "batch failed (%d in a row); retrying in %.1f s: %s",
+            self.failures,
+            delay,
+            self.last_error,
+            exc_info=exc,
+        )
+        return delay
+
+    def idle_s(self) -> float:
+        """Seconds since the loop last completed an iteration."""
+        return self.clock() - self.last_done
+
+    async def stalled(self) -> str | None:
+        """The reason the loop counts as stalled, or None; updates the metric."""
+        reason = None
+        idle = self.idle_s()
+        if idle >= self.stall_after_s:
+            behind = await self.lag() if self.lag is not None else None
+            waiting = self.in_hand + (behind or 0)
+            if waiting:
+                reason = f"no batch completed for {idle:.0f} s with {waiting} records waiting"
+            if reason and self.last_error:
+                reason += f"; last error: {self.last_error}"
+        LOOP_STALLED.labels(service=self.service).set(1 if reason else 0)
+        return reason
+
+    def check(self) -> Callable[[], Awaitable[str | None]]:
+        """A readiness check (shared.http.ReadinessCheck) reporting a stall."""
+        return self.stalled

@@ -1,0 +1,155 @@
+"""Readiness that tells the truth (shared/health.py): a channel service whose consume loop
+stops completing batches while records wait turns /readyz 503 within `stall_after_s`, exports
+tongda_consume_loop_stalled, logs the repeated failure at a bounded rate, and recovers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from channel_support import create_topics, dispatch, produce, serving, wait_until
+from prometheus_client import REGISTRY
+
+from services.sms.providers import SmsSandbox
+from shared.channel.app import create_app
+from shared.config import ChannelSettings
+from shared.contract.codec import dumps
+from shared.health import RateLimitedLog, Watchdog
+from tools.devstack import RedisServer
+
+pytest_plugins = ["channel_support"]
+
+MakeSettings = Callable[..., ChannelSettings]
+STALL_AFTER_S = 1.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limited_log_says_the_same_error_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    logger = logging.getLogger("tongda.test.ratelimit")
+    limited = RateLimitedLog(logger, every_s=5.0, clock=clock)
+    with caplog.at_level(logging.ERROR, logger=logger.name):
+        for _ in range(100):  # a hot failure: 100 in 1 s
+            limited.log(logging.ERROR, "redis down", "batch failed: %s", "redis down")
+            clock.now += 0.01
+        assert len(caplog.records) == 1
+        limited.log(logging.ERROR, "other", "batch failed: %s", "other")  # a new error: at once
+        assert len(caplog.records) == 2
+        clock.now += 5.0
+        assert limited.log(logging.ERROR, "redis down", "batch failed: %s", "redis down")
+    assert len(caplog.records) == 3
+    repeat = caplog.records[2]
+    assert "99 more suppressed" in repeat.getMessage()
+    assert repeat.suppressed == 99  # type: ignore[attr-defined]
+
+
+async def test_watchdog_backs_off_and_reports_a_stall_only_while_records_wait() -> None:
+    clock = FakeClock()
+    waiting: list[int | None] = [0]
+
+    async def lag() -> int | None:
+        return waiting[0]
+
+    dog = Watchdog("tongda-test-dog", 30.0, lag, clock=clock)
+    dog.batch_started(3)
+    delays = [dog.failed(RuntimeError("boom")) for _ in range(7)]
+    assert delays == [0.2, 0.5, 1.0, 2.0, 5.0, 5.0, 5.0]  # growing, bounded: never a hot loop
+    assert await dog.stalled() is None  # within stall_after_s
+    clock.now += 31
+    reason = await dog.stalled()  # the failed batch of 3 waits to be fetched again
+    assert reason is not None
+    assert "3 records waiting" in reason and "RuntimeError: boom" in reason
+    waiting[0] = 12
+    reason = await dog.stalled()
+    assert reason is not None and "15 records waiting" in reason
+    assert (
+        REGISTRY.get_sample_value("tongda_consume_loop_stalled", {"service": "tongda-test-dog"})
+        == 1.0
+    )
+    dog.batch_done()
+    assert await dog.stalled() is None  # just completed one
+    clock.now += 31
+    waiting[0] = 0
+    assert await dog.stalled() is None  # idle with nothing waiting: not stalled
+    assert (
+        REGISTRY.get_sample_value("tongda_consume_loop_stalled", {"service": "tongda-test-dog"})
+        == 0.0
+    )
+
+
+async def _readyz(url: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_channel_readiness_flips_when_the_loop_stalls_and_recovers(
+    make_settings: MakeSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="shared.channel.worker")
+    redis = RedisServer(tmp_path / "redis.log")  # our own: this test stops it
+    redis.start()
+    try:
+        settings = make_settings(
+            "sms", redis_url=redis.url, stall_after_s=STALL_AFTER_S, redis_socket_timeout_s=1.0
+        )
+        await create_topics(settings)
+        app = create_app(settings, SmsSandbox())
+        async with serving(app, settings.http_port) as url:
+
+            async def ready() -> bool:
+                return (await _readyz(url))[0] == 200
+
+            await wait_until(ready, within_s=15)
+            redis.kill()  # every claim now fails: the loop can complete no batch
+            d = dispatch("sms", "+8613800130001")
+            await produce(settings, settings.topics.dispatch("sms"), [(b"k", dumps(d))])
+            produced = time.monotonic()
+
+            async def stalled() -> bool:
+                status, body = await _readyz(url)
+                failures = body.get("failures")
+                return (
+                    status == 503
+                    and isinstance(failures, dict)
+                    and "records waiting" in str(failures.get("consumer"))
+                )
+
+            await wait_until(stalled, within_s=STALL_AFTER_S + 5)
+            flipped_in = time.monotonic() - produced
+            assert flipped_in <= STALL_AFTER_S + 5
+            assert (
+                REGISTRY.get_sample_value("tongda_consume_loop_stalled", {"service": "tongda-sms"})
+                == 1.0
+            )
+
+            def failure_lines() -> list[logging.LogRecord]:
+                return [r for r in caplog.records if "batch failed" in r.getMessage()]
+
+            async def logged() -> bool:
+                return bool(failure_lines())
+
+            await wait_until(logged, within_s=15)  # redis-py gives up connecting after retries
+            redis.start()  # same port; the AOF kept nothing we need
+            await wait_until(ready, within_s=15)
+            down_for = time.monotonic() - produced
+            # one line at once, then at most one per 5 s (with a count): never a flood
+            assert 1 <= len(failure_lines()) <= down_for / 5 + 1
+            assert (
+                REGISTRY.get_sample_value("tongda_consume_loop_stalled", {"service": "tongda-sms"})
+                == 0.0
+            )
+    finally:
+        redis.stop_sync()
