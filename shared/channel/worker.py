@@ -104,7 +104,7 @@ class ChannelWorker:
             try:
                 batch = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
                 self._expire_receipts()
-                if not batch or self._stopping.is_set():
+                if self._stopping.is_set():
                     continue  # a batch fetched after the stop stays uncommitted: refetched
                 try:
                 if not batch:
