@@ -24,8 +24,8 @@ from shared.config import ChannelSettings
 from shared.contract.codec import decode
 from shared.contract.models import Dispatch
 from shared.errors import InvalidEvent
-from shared.kafka import Batch, Record, send_deadletter
 from shared.health import Watchdog, consumer_lag
+from shared.kafka import Batch, Record, send_deadletter
 from shared.masking import mask_address
 from shared.metrics import (
     BATCH_SECONDS,
@@ -84,12 +84,12 @@ class ChannelWorker:
         self._uncommitted: dict[TopicPartition, int] = {}
         self._next_expiry = 0.0
 
-    def stop_fetching(self) -> None:
     @property
     def last_error(self) -> str | None:
         """The last failure of the loop, None once an iteration completed after it."""
         return self.watchdog.last_error
 
+    def stop_fetching(self) -> None:
         """Take no new batch; the batch in hand is still handed over and committed."""
         self._stopping.set()
 
@@ -106,11 +106,11 @@ class ChannelWorker:
                 self._expire_receipts()
                 if self._stopping.is_set():
                     continue  # a batch fetched after the stop stays uncommitted: refetched
-                try:
                 if not batch:
                     self.watchdog.nothing_fetched()
                     continue
                 self.watchdog.batch_started(sum(len(rs) for rs in batch.values()))
+                try:
                     await self.process(batch)
                 except Exception:
                     self._rewind(batch)  # its sends already handed over are skipped as claimed
