@@ -143,18 +143,29 @@ def test_submit_sm_encoded_here_parses_in_smpplib() -> None:
 
 def test_pdus_encoded_by_smpplib_decode_here() -> None:
     bind = smpplib_smpp.make_pdu(
-        "bind_transceiver", client=None, sequence=1, system_id="tongda", password=PASSWORD,
-        system_type="", interface_version=0x34,
-    ).generate()  # fmt: skip
+        "bind_transceiver",
+        client=None,
+        sequence=1,
+        system_id="tongda",
+        password=PASSWORD,
+        system_type="",
+        interface_version=0x34,
+    ).generate()
     got = pdu.decode_pdu(bind)
     assert got.command_id == pdu.BIND_TRANSCEIVER
     assert Bind.decode(got.body) == Bind("tongda", PASSWORD)
     receipt_text = b"id:1a2b sub:001 dlvrd:001 submit date:2611231200 done date:2611231201 stat:DELIVRD err:000 text:"  # noqa: E501
     deliver = smpplib_smpp.make_pdu(
-        "deliver_sm", client=None, sequence=9, source_addr="8613800138000",
-        destination_addr="TONGDA", esm_class=4, short_message=receipt_text,
-        receipted_message_id="1a2b", message_state=2,
-    ).generate()  # fmt: skip
+        "deliver_sm",
+        client=None,
+        sequence=9,
+        source_addr="8613800138000",
+        destination_addr="TONGDA",
+        esm_class=4,
+        short_message=receipt_text,
+        receipted_message_id="1a2b",
+        message_state=2,
+    ).generate()
     sm = ShortMessage.decode(pdu.decode_pdu(deliver).body)
     assert sm.esm_class == pdu.ESM_DELIVERY_RECEIPT
     assert sm.short_message == receipt_text
@@ -354,8 +365,9 @@ async def test_wrong_password_never_binds_and_is_never_logged(
     settings = smpp_settings(smsc, password=wrong, bind_wait_s=0.2)
     sink = Sink()
     provider = SmppProvider(settings)
-    ctx = ProviderContext(ChannelSettings(redis_url=redis_server), redis, sink.on_receipt,
-                          sink.on_inbound)  # fmt: skip
+    ctx = ProviderContext(
+        ChannelSettings(redis_url=redis_server), redis, sink.on_receipt, sink.on_inbound
+    )
     await provider.start(ctx)
     try:
         await smsc.wait_for(lambda: smsc.bind_failures >= 2)
@@ -418,8 +430,10 @@ async def test_sms_service_with_smpp_reports_outcomes_and_inquiries(
         [inquiry] = await collect(s, s.topics.inquiries, 1)
     outcome = decode(record.value, AttemptOutcome)
     assert (outcome.notification_id, outcome.outcome, outcome.provider) == (
-        d.notification_id, "rejected", "smpp",
-    )  # fmt: skip
+        d.notification_id,
+        "rejected",
+        "smpp",
+    )
     assert outcome.provider_message_id == smsc.submits[0].message_id
     received = decode(inquiry.value, InquiryReceived)
     assert (received.channel, received.text) == ("sms", "我已还款")
