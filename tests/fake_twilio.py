@@ -81,6 +81,7 @@ class Callback:
     signature: str
     status: int = 0
     body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,15 +254,23 @@ class FakeTwilio:
             await self.post(url, params)
 
     async def post(
-        self, url: str, params: dict[str, str], signature: str | None = None
+        self,
+        url: str,
+        params: dict[str, str],
+        signature: str | None = None,
+        signed_url: str | None = None,
     ) -> Callback:
-        """POST a webhook as Twilio does, signed unless `signature` is given ("" = none)."""
+        """POST a webhook as Twilio does: signed over `signed_url` (the URL configured in
+        Twilio; default `url`) unless `signature` is given ("" = no header)."""
         if self._session is None:
             raise RuntimeError("fake not started")
-        sig = sign(self.auth_token, url, params) if signature is None else signature
-        headers = {"X-Twilio-Signature": sig} if sig else {}
+        if signature is None:
+            signature = sign(self.auth_token, signed_url or url, params)
+        headers = {"X-Twilio-Signature": signature} if signature else {}
         async with self._session.post(url, data=params, headers=headers) as resp:
-            callback = Callback(url, params, sig, resp.status, await resp.text())
+            callback = Callback(
+                url, params, signature, resp.status, await resp.text(), dict(resp.headers)
+            )
         async with self._changed:
             self.callbacks.append(callback)
             self._changed.notify_all()
