@@ -19,6 +19,7 @@ from shared.errors import ConfigError
 from shared.http import READINESS_CHECKS, ReadinessCheck, add_ops_routes, error_middleware
 from shared.http import redis_check as ping_redis
 from shared.logging import setup_logging
+from shared.templates import check_templates, log_template_report
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,20 @@ def channel_settings(channel: Channel) -> ChannelSettings:
     return settings
 
 
+def check_message_templates(settings: ChannelSettings) -> None:
+    """Load the templates (ConfigError if invalid); on sms, log every template's segments."""
+    if settings.channel == "sms":
+        log_template_report(log, settings.max_sms_segments)  # checks them first
+    else:
+        check_templates()
+
+
 def run(channel: Channel, make_provider: ProviderFactory) -> None:
     """Serve until SIGTERM or SIGINT, then drain. Exit 2 on bad configuration, 1 on failure."""
     settings = channel_settings(channel)
     setup_logging(f"tongda-{channel}", settings.log_level, settings.log_format)
     try:
+        check_message_templates(settings)
         app = create_app(settings, make_provider(settings))
         web.run_app(
             app,

@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from jinja2 import TemplateError
 from redis.asyncio import Redis
 
 from shared.channel.outcomes import AttemptRef, OutcomePublisher
@@ -187,10 +188,16 @@ class ChannelWorker:
             )
 
     async def _send(self, dispatch: Dispatch) -> SendResult:
+        template = dispatch.template or dispatch.type
         try:
-            message = render(dispatch.type, dispatch.locale, dispatch.data, dispatch.channel)
+            message = render(
+                template, dispatch.locale, dispatch.data, dispatch.channel, dispatch.category
+            )
+        except TemplateError as exc:  # a missing variable, a value that cannot be formatted
+            log.warning("template %s failed: %s", template, exc, extra=_extra(dispatch))
+            return Completed("failed", detail=f"template error: {exc}")
         except Exception as exc:
-            log.warning("template failed", extra=_extra(dispatch), exc_info=True)
+            log.warning("template %s failed", template, extra=_extra(dispatch), exc_info=True)
             return Completed("failed", detail=f"template error: {type(exc).__name__}: {exc}")
         PROVIDER_SENDS.labels(channel=self.channel, provider=self.provider.name).inc()
         timeout = self.settings.send_timeout_s
