@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.clock import Clock
 
 DEFAULT_API_TOKEN = "change-me"
 DEFAULT_ADDRESS_HASH_KEY = "tongda-dev-address-key"
@@ -71,6 +73,15 @@ class CommonSettings(BaseSettings):
     # HMAC key for sender addresses in Kafka keys and Redis key names (shared/addresses.py).
     # Set it in production (from a Secret): the default only suits a laptop.
     address_hash_key: SecretStr = SecretStr(DEFAULT_ADDRESS_HASH_KEY)
+    # The clock (shared/clock.py): real by default; a demo runs a simulated one, the same
+    # three values in every process of the stack.
+    time_scale: float = Field(default=1.0, gt=0)  # real seconds per simulated second
+    clock_start: AwareDatetime | None = None  # the simulated instant at clock_origin_epoch_s
+    clock_origin_epoch_s: float = 0.0
+
+    def clock(self) -> Clock:
+        """The clock these settings describe."""
+        return Clock(self.time_scale, self.clock_start, self.clock_origin_epoch_s)
 
 
 class RouterSettings(CommonSettings):
@@ -79,6 +90,9 @@ class RouterSettings(CommonSettings):
     http_port: int = 8080
     api_token: SecretStr = SecretStr(DEFAULT_API_TOKEN)  # the router refuses to start with it
     plans_path: Path | None = None  # None: the shipped services/router/plans.yaml
+    policy_preset: Literal["cn", "us", "none"] = "cn"  # the shipped contact rules to use
+    policy_path: Path | None = None  # a contact-rules YAML file replacing the preset
+    min_real_timeout_s: float = 3.0  # under a simulated clock, step timeouts last at least this
     consumer_group: str = "tongda-router-batch"  # faust itself uses the app id
     faust_datadir: Path = Path("/tmp/tongda-router-faust")
     retention_s: int = 7 * 24 * 3600
@@ -103,6 +117,8 @@ class ChannelSettings(CommonSettings):
     sandbox_ledger: bool = True  # record every send reaching the sandbox in Redis
     send_timeout_s: float = 30.0  # a provider's send() taking longer is a `failed` attempt
     receipt_timeout_s: float = 3600.0  # forget (in memory) an accepted attempt never reported
+    # The sms service logs every SMS template's segments at start-up, a WARNING above this.
+    max_sms_segments: int = Field(default=3, ge=1)
 
     @property
     def group(self) -> str:

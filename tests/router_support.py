@@ -17,10 +17,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
+from services.router.core import build_core
 from services.router.engine import RecoveringListener, RouterEngine
-from services.router.machine import Machine
 from services.router.outbox import Outbox
 from services.router.plans import load_plans
+from services.router.policy import load_policy
 from services.router.scheduler import Scheduler
 from services.router.store import Store
 from shared.config import RouterSettings, Topics
@@ -68,18 +69,26 @@ class Harness:
 
 @asynccontextmanager
 async def engine_harness(
-    broker: str, redis_url: str, *, run: bool = True, plans: Path | None = None, **kw: Any
+    broker: str,
+    redis_url: str,
+    *,
+    run: bool = True,
+    plans: Path | None = None,
+    policy: str = "none",
+    **kw: Any,
 ) -> AsyncIterator[Harness]:
-    s = isolated_settings(broker, redis_url, plans_path=plans, **kw)
+    """The router's core as production builds it (services.router.core.build_core) on
+    topics, keys and a group of its own; `policy`: a shipped preset (default: none)."""
+    s = isolated_settings(broker, redis_url, plans_path=plans, policy_preset=policy, **kw)
     await ensure_topics(s)
     redis = Redis.from_url(s.redis_url)
     producer = make_producer(s, "test-router")
     await producer.start()
-    store = Store(redis, s.key_prefix, s.retention_s, s.timeline_max_records)
-    await store.load_scripts()
-    outbox = Outbox(redis, producer, store.keys, s, output_topics(s))
-    engine = RouterEngine(s, redis, store, outbox, Machine(load_plans(plans)))
-    h = Harness(s, redis, producer, store, outbox, engine, Scheduler(s, store, producer))
+    core = await build_core(
+        s, load_plans(plans), load_policy(s.policy_preset, s.policy_path), redis, producer
+    )
+    engine = core.engine
+    h = Harness(s, redis, producer, core.store, core.outbox, engine, core.scheduler)
     stopping = asyncio.Event()
     task = None
     consumer = None

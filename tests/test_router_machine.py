@@ -11,8 +11,8 @@ import pytest
 from services.router import messages
 from services.router.machine import Machine, timer_member
 from services.router.plans import load_plans
-from services.router.policy import ContactPolicy, Verdict
-from services.router.state import Leg, NotificationState
+from services.router.policy import Contact, ContactPolicy, Verdict
+from services.router.state import NotificationState
 from shared.contract import models
 from shared.contract.codec import decode
 from shared.contract.models import (
@@ -181,7 +181,7 @@ def test_expiry(machine: Machine) -> None:
     assert machine.on_outcome(state, outcome(state, "delivered"), NOW) is None
 
 
-def test_verification_callback_tries_employer_first_then_other_backups(machine: Machine) -> None:
+def test_verification_callback_orders_employer_first_then_other_backups(machine: Machine) -> None:
     p = profile(
         phone="+8613800000001",
         backup_contacts=[
@@ -196,11 +196,8 @@ def test_verification_callback_tries_employer_first_then_other_backups(machine: 
         ("voice", "backup_contact", "spouse"),
         ("sms", "borrower", None),
     ]
-    for bad in ("busy", "no_answer", "voicemail"):
-        machine.on_outcome(state, outcome(state, bad), NOW)
-    fx = machine.on_outcome(state, outcome(state, "delivered"), NOW)
-    assert fx is not None and fx.final is not None
-    assert path(state) == ["voice busy", "voice no_answer", "voice voicemail", "sms delivered"]
+    assert state.legs[0].max_calls == 3 and state.legs[0].missed_call_sms
+    assert state.legs[1].max_calls == 1  # no call-backs to third parties
 
 
 def test_override_contacts_win_and_alt_phones_follow_for_voice(machine: Machine) -> None:
@@ -235,11 +232,11 @@ def test_policy_can_defer_and_the_leg_resumes(machine: Machine) -> None:
     until = NOW + timedelta(hours=8)
 
     class Night(ContactPolicy):
-        def decide(self, state: NotificationState, leg: Leg, now: datetime) -> Verdict:
+        def decide(self, c: Contact, now: datetime) -> Verdict:
             return (
-                Verdict("defer", "calling window", until)
+                Verdict("defer", "contact_window", until)
                 if now < until
-                else super().decide(state, leg, now)
+                else super().decide(c, now)
             )
 
     m = Machine(load_plans(), Night())
@@ -285,12 +282,18 @@ def test_every_message_the_machine_writes_validates_against_the_contract(
     )
     state, fx = machine.start(req(type="verification_callback", data={"loan_id": "L1"}), p, NOW)
     written = [fx]
-    for bad in ("busy", "no_answer", "failed"):
+    for bad in ("busy", "no_answer"):  # each schedules a call-back to the same number
         nxt = machine.on_outcome(state, outcome(state, bad), NOW)
-        assert nxt is not None
+        assert (nxt is not None and not nxt.dispatches) or bad == "busy"
         written.append(nxt)
-    nxt = machine.on_timer(state, timer(state, "retry"), NOW)
-    assert nxt is not None
+        nxt = machine.on_timer(state, timer(state, "retry"), NOW)
+        assert nxt is not None and [d.channel for d in nxt.dispatches] == ["voice"]
+        written.append(nxt)
+    notice = next(d for f in written for d in f.dispatches if d.template == "missed_call")
+    nxt = machine.on_outcome(
+        state, outcome(state, "delivered", leg=notice.leg, attempt=notice.attempt), NOW
+    )
+    assert nxt is not None and nxt.final is None
     written.append(nxt)
     last = machine.on_outcome(state, outcome(state, "delivered"), NOW)
     assert last is not None and last.final is not None

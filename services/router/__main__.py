@@ -9,6 +9,7 @@ import faust
 
 from services.router.app import create_app
 from services.router.plans import load_plans
+from services.router.policy import load_policy
 from shared.config import DEFAULT_API_TOKEN, RouterSettings, load_settings
 from shared.errors import ConfigError
 from shared.gctune import tune_gc
@@ -23,6 +24,7 @@ def main() -> None:
         if settings.api_token.get_secret_value() in ("", DEFAULT_API_TOKEN):
             raise ConfigError("set TONGDA_API_TOKEN: the API refuses to run with the default token")
         plans = load_plans(settings.plans_path)
+        policy = load_policy(settings.policy_preset, settings.policy_path)
         missing = asyncio.run(missing_topics(settings, [t.name for t in topic_specs(settings)]))
         if missing:
             raise ConfigError(
@@ -32,7 +34,7 @@ def main() -> None:
     except ConfigError as exc:
         print(f"tongda-router: {exc}", file=sys.stderr)
         sys.exit(2)
-    app, _ = create_app(settings, plans)
+    app, _ = create_app(settings, plans, policy)
     tune_gc(settings.gc_gen0_threshold)
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
     worker.spinner = None

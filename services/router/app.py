@@ -23,15 +23,13 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
 from services.router.api import create_api
+from services.router.core import build_core
 from services.router.engine import RecoveringListener, RouterEngine
 from services.router.inquiries import record_inquiry
-from services.router.machine import Machine
-from services.router.outbox import Outbox
 from services.router.plans import PlanBook
+from services.router.policy import ContactPolicy
 from services.router.scheduler import Scheduler
-from services.router.store import Store
 from shared.config import RouterSettings
-from shared.contract.models import CHANNELS
 from shared.errors import InvalidEvent
 from shared.http import redis_check
 from shared.kafka import make_consumer, make_producer, send_deadletter
@@ -49,10 +47,13 @@ class RouterService(mode.Service):
     group → the producer flushes → Redis closes.
     """
 
-    def __init__(self, settings: RouterSettings, plans: PlanBook, **kw: Any) -> None:
+    def __init__(
+        self, settings: RouterSettings, plans: PlanBook, policy: ContactPolicy, **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.settings = settings
         self.plans = plans
+        self.policy = policy
         self.redis: Redis | None = None
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -67,18 +68,8 @@ class RouterService(mode.Service):
         self.redis = make_redis(s)
         self.producer = make_producer(s, f"{s.kafka_client_id}-router")
         await self.producer.start()
-        store = Store(self.redis, s.key_prefix, s.retention_s, s.timeline_max_records)
-        await store.load_scripts()
-        t = s.topics
-        outbox = Outbox(
-            self.redis,
-            self.producer,
-            store.keys,
-            s,
-            [t.status, t.audit] + [t.dispatch(c) for c in CHANNELS],
-        )
-        self.engine = RouterEngine(s, self.redis, store, outbox, Machine(self.plans))
-        self.scheduler = Scheduler(s, store, self.producer)
+        core = await build_core(s, self.plans, self.policy, self.redis, self.producer)
+        self.engine, self.scheduler = core.engine, core.scheduler
         self.consumer = make_consumer(s, s.consumer_group, [], f"{s.kafka_client_id}-router")
         self.consumer.subscribe(
             self.engine.input_topics(), listener=RecoveringListener(self.engine)
@@ -155,7 +146,9 @@ class RouterService(mode.Service):
         log.info("router stopped")
 
 
-def create_app(settings: RouterSettings, plans: PlanBook) -> tuple[faust.App, RouterService]:
+def create_app(
+    settings: RouterSettings, plans: PlanBook, policy: ContactPolicy
+) -> tuple[faust.App, RouterService]:
     """The router's whole wiring: faust app, batch-loop service, scheduler timer, agent."""
     s = settings
     session_s = s.kafka_session_timeout_ms / 1000
@@ -171,7 +164,7 @@ def create_app(settings: RouterSettings, plans: PlanBook) -> tuple[faust.App, Ro
         broker_heartbeat_interval=max(0.1, session_s / 4),
         datadir=str(s.faust_datadir),
     )
-    service = RouterService(s, plans)
+    service = RouterService(s, plans, policy)
 
     @app.service
     class _Router(mode.Service):  # faust instantiates it; it starts and stops our instance

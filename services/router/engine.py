@@ -1,10 +1,12 @@
-"""The router's high-volume path: batches from aiokafka, one Lua call per notification.
+"""The router's high-volume path: batches from aiokafka, one Lua call per chunk of transitions.
 
 One consumer reads `customers.profiles`, `notifications.requested` and the router inbox
-(attempt outcomes and timer events). Each batch: profiles are written first; requests and
-inbox events become transitions of the state machine, applied by one pipelined round of
-EVALSHA (state, outbox, timers, timeline together); the outbox is produced without awaiting
-each send; offsets are committed only after all of that is durable.
+(attempt outcomes and timer events). Each batch: the records are decoded (intake.py; the
+invalid ones dead-lettered with the reason); profiles are written first; requests and inbox
+events become transitions of the state machine (machine.py), packed with their output records
+(packing.py) and applied by pipelined EVALSHA rounds: a transition whose state or frequency
+ledger changed since it was read is decided again in the next round. The outbox is produced
+without awaiting each send; offsets are committed only after all of that is durable.
 """
 
 from __future__ import annotations
@@ -13,77 +15,37 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime as Datetime
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 from redis.asyncio import Redis
 
+from services.router.intake import InboxEvent, Intake, read_batch
+from services.router.ledger import LedgerView
 from services.router.machine import Effects, Machine
-from services.router.messages import encode
+from services.router.observe import observe
 from services.router.outbox import Outbox, OutRecord
-from services.router.state import NotificationState, decode_state, encode_state
-from services.router.store import Store, Transition
+from services.router.packing import Pending, merge, pack, writes_ledger
+from services.router.state import NotificationState, decode_state
+from services.router.store import Store
+from shared.clock import Clock
 from shared.config import RouterSettings
-from shared.contract.codec import decode, decode_any
-from shared.contract.models import (
-    AttemptOutcome,
-    CustomerProfile,
-    NotificationRequested,
-    TimerFired,
-)
+from shared.contract.models import AttemptOutcome, CustomerProfile
 from shared.errors import InvalidEvent
 from shared.kafka import Batch, Record, send_deadletter
-from shared.metrics import (
-    ATTEMPTS,
-    BATCH_SECONDS,
-    BATCH_SIZE,
-    EVENTS_CONSUMED,
-    FALLBACKS,
-    NOTIFICATION_SECONDS,
-    NOTIFICATIONS_FINAL,
-    STALE_EVENTS,
-)
-from shared.resp import pack
+from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
+from shared.resp import pack as pack_command
 
 log = logging.getLogger(__name__)
 
-INBOX_SCHEMAS = ("tongda.outcome/v1", "tongda.timer/v1")
-MAX_CONFLICT_ROUNDS = 5
+MAX_CONFLICT_ROUNDS = 8
 APPLY_CHUNK = 200  # transitions per write to Redis while the next ones are computed
 
-
-@dataclass
-class _Pending:
-    """A computed transition waiting for its Lua call, with what to do once applied."""
-
-    transition: Transition
-    records: list[OutRecord]
-    effects: Effects
-    state: NotificationState
-    input_tp: TopicPartition
-
-
-@dataclass
-class _BatchOut:
-    records: list[tuple[TopicPartition, OutRecord]] = field(default_factory=list)
-    dead: list[tuple[Record, InvalidEvent]] = field(default_factory=list)
-
-
-def merge(into: Effects, fx: Effects) -> None:
-    """Fold `fx` (later) into `into` (earlier); a timer added then removed nets to nothing."""
-    into.dispatches += fx.dispatches
-    into.records += fx.records
-    into.final = fx.final or into.final
-    into.fallbacks += fx.fallbacks
-    removed = set(fx.timers_del)
-    added = {m for m, _ in into.timers_add}
-    into.timers_add = [(m, s) for m, s in into.timers_add if m not in removed] + fx.timers_add
-    into.timers_del = [m for m in into.timers_del if m not in {a for a, _ in fx.timers_add}]
-    into.timers_del += [m for m in fx.timers_del if m not in added]
+T = TypeVar("T")
+InboxItem = tuple[TopicPartition, Record, InboxEvent]
 
 
 class RouterEngine:
@@ -92,13 +54,20 @@ class RouterEngine:
     service = "tongda-router"
 
     def __init__(
-        self, settings: RouterSettings, redis: Redis, store: Store, outbox: Outbox, machine: Machine
+        self,
+        settings: RouterSettings,
+        redis: Redis,
+        store: Store,
+        outbox: Outbox,
+        machine: Machine,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.store = store
         self.outbox = outbox
         self.machine = machine
+        self.clock = clock or settings.clock()
         self.topics = settings.topics
         # Held while a batch is processed (state, records, outbox cleared). Rebalance callbacks
         # take it too, so a partition never moves, and is never recovered, mid-batch.
@@ -140,175 +109,146 @@ class RouterEngine:
 
     async def process(self, batch: Batch) -> None:
         started = time.perf_counter()
-        now = datetime.now(UTC)
-        by_topic: dict[str, list[tuple[TopicPartition, Record]]] = {}
-        size = 0
+        now = self.clock.now()
         for tp, msgs in batch.items():
-            by_topic.setdefault(tp.topic, []).extend((tp, m) for m in msgs)
             EVENTS_CONSUMED.labels(service=self.service, topic=tp.topic).inc(len(msgs))
-            size += len(msgs)
-        out = _BatchOut()
-        if self.topics.profiles in by_topic:
-            await self._profiles(by_topic[self.topics.profiles], out)
-        pending: list[_Pending] = []
-        if self.topics.requested in by_topic:
-            pending += await self._requested(by_topic[self.topics.requested], now, out)
-        if self.topics.router_inbox in by_topic:
-            pending += await self._inbox(by_topic[self.topics.router_inbox], now, out)
+        intake = read_batch(batch, self.topics, self.machine.plans)
+        if intake.profiles:
+            await self._profiles(intake)
+        pending = await self._requests(intake, now) if intake.requests else []
+        if intake.inbox:
+            pending += await self._inbox(intake, now)
+        records: list[tuple[TopicPartition, OutRecord]] = []
         for p in pending:
-            out.records += [(p.input_tp, r) for r in p.records]
-            self._observe(p)
+            records += [(p.input_tp, r) for r in p.records]
+            observe(p)
         await asyncio.gather(
-            self.outbox.send(out.records),
+            self.outbox.send(records),
             *(
                 send_deadletter(self.outbox.producer, self.settings, m, e, self.service)
-                for m, e in out.dead
+                for m, e in intake.dead
             ),
         )
-        BATCH_SIZE.labels(service=self.service).observe(size)
+        BATCH_SIZE.labels(service=self.service).observe(intake.size)
         BATCH_SECONDS.labels(service=self.service).observe(time.perf_counter() - started)
 
     # --- per topic ------------------------------------------------------------------------
 
-    async def _profiles(
-        self, items: Sequence[tuple[TopicPartition, Record]], out: _BatchOut
-    ) -> None:
+    async def _profiles(self, intake: Intake) -> None:
         commands: list[bytes] = []
-        for _, msg in items:
-            key = msg.key.decode(errors="replace") if msg.key else None
-            if msg.value is None:
-                if not key:
-                    out.dead.append(
-                        (
-                            msg,
-                            InvalidEvent(
-                                "missing_key",
-                                "a profile tombstone needs the customer_id as its key",
-                            ),
-                        )
+        for cid, profile in intake.profiles:
+            if profile is None:
+                commands.append(self.store.erase_customer(cid))
+            else:
+                commands.append(
+                    pack_command(
+                        "SET", self.store.keys.profile(cid), profile.model_dump_json(by_alias=True)
                     )
-                    continue
-                commands.append(self.store.erase_customer(key))
-                continue
-            try:
-                profile = decode(msg.value, CustomerProfile)
-                if key is not None and key != profile.customer_id:
-                    raise InvalidEvent("key_mismatch", "record key differs from customer_id")
-            except InvalidEvent as exc:
-                out.dead.append((msg, exc))
-                continue
-            commands.append(
-                pack(
-                    "SET",
-                    self.store.keys.profile(profile.customer_id),
-                    profile.model_dump_json(by_alias=True),
                 )
-            )
         await self.store.run(commands)
 
-    async def _requested(
-        self, items: Sequence[tuple[TopicPartition, Record]], now: datetime, out: _BatchOut
-    ) -> list[_Pending]:
-        reqs: list[tuple[TopicPartition, Record, NotificationRequested]] = []
-        for tp, msg in items:
-            try:
-                req = decode(msg.value, NotificationRequested)
-                if self.machine.plans.get(req.type) is None:
-                    raise InvalidEvent(
-                        "unknown_type",
-                        f"type: {req.type!r} has no routing plan; known types: "
-                        f"{', '.join(sorted(self.machine.plans.plans))}",
-                    )
-            except InvalidEvent as exc:
-                out.dead.append((msg, exc))
-                continue
-            reqs.append((tp, msg, req))
-        if not reqs:
-            return []
-        cids = list({r.customer_id for _, _, r in reqs})
+    async def _requests(self, intake: Intake, now: Datetime) -> list[Pending]:
+        cids = list({r.customer_id for _, _, r in intake.requests})
         (raw_profiles,) = await self.store.run(
-            [pack("MGET", *[self.store.keys.profile(c) for c in cids])]
+            [pack_command("MGET", *[self.store.keys.profile(c) for c in cids])]
         )
         profiles = {
             c: CustomerProfile.model_validate_json(v) if v else None
             for c, v in zip(cids, raw_profiles, strict=True)
         }
+        todo = intake.requests
+        applied: list[Pending] = []
+        for _ in range(MAX_CONFLICT_ROUNDS):
+            if not todo:
+                return applied
+            ledgers = await self._ledgers(
+                {
+                    r.customer_id
+                    for _, _, r in todo
+                    if self.machine.needs_ledger(r.type, r.category or "")
+                },
+                now,
+            )
+            versions = {cid: lv.version for cid, lv in ledgers.items()}
 
-        def transitions() -> Iterator[_Pending]:
-            for tp, msg, req in reqs:
-                try:
-                    state, fx = self.machine.start(req, profiles[req.customer_id], now)
-                except Exception as exc:  # a bug must not stop the partition: park the event
-                    log.exception("cannot start notification")
-                    out.dead.append((msg, InvalidEvent("processing_error", repr(exc))))
-                    continue
-                yield self._pending(tp, state, fx, expected=0)
+            def transitions(
+                batch: Sequence[tuple[TopicPartition, Record, Any]],
+                ledgers: dict[str, LedgerView] = ledgers,
+                versions: dict[str, int] = versions,
+            ) -> Iterator[tuple[Pending, Any]]:
+                for item in batch:
+                    tp, msg, req = item
+                    try:
+                        state, fx = self.machine.start(
+                            req, profiles[req.customer_id], now, ledgers.get(req.customer_id)
+                        )
+                    except Exception as exc:  # a bug must not stop the partition: park it
+                        log.exception("cannot start notification")
+                        intake.dead.append((msg, InvalidEvent("processing_error", repr(exc))))
+                        continue
+                    yield self._pack(tp, state, fx, 0, versions, now), item
 
-        return [p for p, ok in await self._apply(transitions()) if ok]
+            results = await self._apply(transitions(todo))
+            applied += [p for p, _, code in results if code == 1]
+            todo = [item for _, item, code in results if code == 2]  # 0: a duplicate request
+        raise RuntimeError(f"the ledgers of {len(todo)} requests kept changing; retrying")
 
-    async def _inbox(
-        self, items: Sequence[tuple[TopicPartition, Record]], now: datetime, out: _BatchOut
-    ) -> list[_Pending]:
-        groups: dict[str, list[tuple[TopicPartition, Record, AttemptOutcome | TimerFired]]] = {}
-        for tp, msg in items:
-            try:
-                ev = decode_any(msg.value, *INBOX_SCHEMAS)
-            except InvalidEvent as exc:
-                out.dead.append((msg, exc))
-                continue
-            assert isinstance(ev, AttemptOutcome | TimerFired)
-            groups.setdefault(ev.notification_id, []).append((tp, msg, ev))
-        applied: list[_Pending] = []
+    async def _inbox(self, intake: Intake, now: Datetime) -> list[Pending]:
+        groups = dict(intake.inbox)
+        applied: list[Pending] = []
         for _ in range(MAX_CONFLICT_ROUNDS):
             if not groups:
-                break
+                return applied
             nids = list(groups)
-            rows = await self.store.read_states(nids)
+            states: dict[str, tuple[int, NotificationState]] = {}
+            for nid, (v, raw) in zip(nids, await self.store.read_states(nids), strict=True):
+                if v is None or raw is None:
+                    STALE_EVENTS.labels(reason="unknown_notification").inc(len(groups[nid]))
+                    continue
+                states[nid] = (int(v), decode_state(raw))
+            ledgers = await self._ledgers(
+                {st.customer_id for _, st in states.values() if self.machine.needs_ledger(st)},
+                now,
+            )
+            versions = {cid: lv.version for cid, lv in ledgers.items()}
 
-            results = await self._apply(self._inbox_transitions(groups, nids, rows, now, out))
-            applied += [p for p, ok in results if ok]
-            groups = {p.state.id: groups[p.state.id] for p, ok in results if not ok}
-        if groups:
-            raise RuntimeError(f"state of {len(groups)} notifications kept changing; retrying")
-        return applied
+            def transitions(
+                states: dict[str, tuple[int, NotificationState]] = states,
+                ledgers: dict[str, LedgerView] = ledgers,
+                versions: dict[str, int] = versions,
+                groups: dict[str, list[InboxItem]] = groups,
+            ) -> Iterator[tuple[Pending, str]]:
+                for nid, (version, state) in states.items():
+                    fx = self._inbox_group(state, groups[nid], now, ledgers, intake)
+                    if fx is not None:
+                        tp = groups[nid][-1][0]
+                        yield self._pack(tp, state, fx, version, versions, now), nid
 
-    def _inbox_transitions(
-        self,
-        groups: dict[str, list[tuple[TopicPartition, Record, AttemptOutcome | TimerFired]]],
-        nids: list[str],
-        rows: list[Any],
-        now: datetime,
-        out: _BatchOut,
-    ) -> Iterator[_Pending]:
-        for nid, (v, raw) in zip(nids, rows, strict=True):
-            if v is None:
-                STALE_EVENTS.labels(reason="unknown_notification").inc(len(groups[nid]))
-                continue
-            p = self._inbox_group(nid, int(v), raw, groups[nid], now, out)
-            if p is not None:
-                yield p
+            results = await self._apply(transitions())
+            applied += [p for p, _, code in results if code == 1]
+            groups = {nid: groups[nid] for _, nid, code in results if code != 1}
+        raise RuntimeError(f"state of {len(groups)} notifications kept changing; retrying")
 
     def _inbox_group(
         self,
-        nid: str,
-        version: int,
-        raw_state: bytes,
-        events: list[tuple[TopicPartition, Record, AttemptOutcome | TimerFired]],
-        now: datetime,
-        out: _BatchOut,
-    ) -> _Pending | None:
-        state = decode_state(raw_state)
+        state: NotificationState,
+        events: list[InboxItem],
+        now: Datetime,
+        ledgers: dict[str, LedgerView],
+        intake: Intake,
+    ) -> Effects | None:
+        ledger = ledgers.get(state.customer_id)
         total: Effects | None = None
         for _, msg, ev in events:
             try:
                 fx = (
-                    self.machine.on_outcome(state, ev, now)
+                    self.machine.on_outcome(state, ev, now, ledger)
                     if isinstance(ev, AttemptOutcome)
-                    else self.machine.on_timer(state, ev, now)
+                    else self.machine.on_timer(state, ev, now, ledger)
                 )
             except Exception as exc:
                 log.exception("cannot apply event to notification")
-                out.dead.append((msg, InvalidEvent("processing_error", repr(exc))))
+                intake.dead.append((msg, InvalidEvent("processing_error", repr(exc))))
                 continue
             if fx is None:
                 STALE_EVENTS.labels(reason="stale").inc()
@@ -317,80 +257,63 @@ class RouterEngine:
                 total = fx
             else:
                 merge(total, fx)
-        if total is None:
-            return None
-        return self._pending(events[-1][0], state, total, expected=version)
+        return total
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _pending(
-        self, tp: TopicPartition, state: NotificationState, fx: Effects, expected: int
-    ) -> _Pending:
-        state.v = expected + 1
-        key = state.customer_id.encode()
-        base = f"{state.id}/{state.v}/"
-        records: list[OutRecord] = []
-        timeline: list[bytes] = []
-        for d in fx.dispatches:
-            records.append(
-                OutRecord(f"{base}{len(records)}", self.topics.dispatch(d.channel), key, encode(d))
-            )
-        for r in fx.records:
-            value = encode(r)
-            timeline.append(value)
-            records.append(OutRecord(f"{base}{len(records)}", self.topics.audit, key, value))
-        if fx.final is not None:
-            records.append(
-                OutRecord(f"{base}{len(records)}", self.topics.status, key, encode(fx.final))
-            )
-        transition = Transition(
-            notification_id=state.id,
-            customer_id=state.customer_id,
-            expected_version=expected,
-            state_json=encode_state(state),
-            outbox_key=self.store.keys.outbox(tp.topic, tp.partition),
-            outbox=[(r.effect_id, r.pack()) for r in records],
-            timers_add=fx.timers_add,
-            timers_del=fx.timers_del,
-            timeline=timeline,
-        )
-        return _Pending(transition, records, fx, state, tp)
+    async def _ledgers(self, cids: set[str], now: Datetime) -> dict[str, LedgerView]:
+        return await self.store.read_ledgers(sorted(cids), now.timestamp()) if cids else {}
 
-    async def _apply(self, transitions: Iterable[_Pending]) -> list[tuple[_Pending, bool]]:
+    def _pack(
+        self,
+        tp: TopicPartition,
+        state: NotificationState,
+        fx: Effects,
+        expected: int,
+        versions: dict[str, int],
+        now: Datetime,
+    ) -> Pending:
+        """Pack a transition; later transitions of the same customer in this round expect the
+        ledger version this one leaves behind (apply.lua runs them in order)."""
+        cid = state.customer_id
+        version = versions.get(cid, 0)
+        p = pack(
+            tp,
+            state,
+            fx,
+            expected,
+            self.topics,
+            self.store.keys,
+            version,
+            now.timestamp() - self.store.ledger_horizon_s,
+        )
+        if writes_ledger(fx):
+            versions[cid] = version + 1
+        return p
+
+    async def _apply(self, items: Iterable[tuple[Pending, T]]) -> list[tuple[Pending, T, int]]:
         """Compute and apply transitions, one Lua call per chunk, each chunk written to Redis
-        as soon as it is computed so Redis works on it while the next is computed."""
-        pending: list[_Pending] = []
+        as soon as it is computed so Redis works on it while the next is computed. Each result
+        code: 1 applied, 0 the state changed, 2 the ledger changed (decide again)."""
+        done: list[tuple[Pending, T]] = []
         commands: list[bytes] = []
         async with self.store.stream() as stream:
-            chunk: list[_Pending] = []
-            for p in transitions:
-                chunk.append(p)
+            chunk: list[tuple[Pending, T]] = []
+            for item in items:
+                chunk.append(item)
                 if len(chunk) == APPLY_CHUNK:
-                    commands.append(self.store.apply([c.transition for c in chunk]))
+                    commands.append(self.store.apply([p.transition for p, _ in chunk]))
                     await stream.write(commands[-1:])
-                    pending += chunk
+                    done += chunk
                     chunk = []
             if chunk:
-                commands.append(self.store.apply([c.transition for c in chunk]))
+                commands.append(self.store.apply([p.transition for p, _ in chunk]))
                 await stream.write(commands[-1:])
-                pending += chunk
+                done += chunk
             replies = await stream.replies()
         replies = await self.store.settle(commands, replies)
-        flags = [r == 1 for reply in replies for r in reply]
-        return list(zip(pending, flags, strict=True))
-
-    def _observe(self, p: _Pending) -> None:
-        for r in p.effects.records:
-            if r.outcome is not None and r.channel is not None and r.outcome != "deferred":
-                ATTEMPTS.labels(channel=r.channel, outcome=r.outcome).inc()
-        for channel, reason in p.effects.fallbacks:
-            FALLBACKS.labels(channel=channel, reason=reason).inc()
-        final = p.effects.final
-        if final is not None:
-            NOTIFICATIONS_FINAL.labels(type=final.type, status=final.status).inc()
-            NOTIFICATION_SECONDS.labels(type=final.type, status=final.status).observe(
-                max(0.0, (final.completed_at - p.state.occurred_at).total_seconds())
-            )
+        codes = [int(r) for reply in replies for r in reply]
+        return [(p, item, code) for (p, item), code in zip(done, codes, strict=True)]
 
 
 class RecoveringListener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -10,13 +10,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo
 
 import orjson
 from msgspec.structs import replace
 
+from services.router.ledger import Entry, LedgerView, member
 from services.router.messages import Attempt, CommsRecord, Dispatch, NotificationStatus
 from services.router.plans import PlanBook
-from services.router.policy import ContactPolicy
+from services.router.policy import Contact, ContactPolicy, Verdict
+from services.router.policy.localtime import resolve_country, resolve_timezone
 from services.router.state import AttemptEntry, Leg, NotificationState, PolicyContext
 from shared.contract.models import (
     AttemptOutcome,
@@ -51,6 +55,12 @@ class Effects:
     timers_add: list[tuple[str, float]] = field(default_factory=list)
     timers_del: list[str] = field(default_factory=list)
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (channel left, reason)
+    # the frequency ledger: entries to add (member, epoch s) and remove; `ledger_read`: a
+    # decision used the ledger, so the transition holds only if nobody wrote it since
+    ledger_add: list[tuple[str, float]] = field(default_factory=list)
+    ledger_rem: list[str] = field(default_factory=list)
+    ledger_read: bool = False
+    decisions: list[tuple[str, str, str]] = field(default_factory=list)  # verdict, rule, channel
 
 
 class Machine:
@@ -60,9 +70,13 @@ class Machine:
     built from values validated on the way in: this is the hot path.
     """
 
-    def __init__(self, plans: PlanBook, policy: ContactPolicy | None = None) -> None:
+    def __init__(
+        self, plans: PlanBook, policy: ContactPolicy | None = None, timeout_floor_s: float = 0.0
+    ) -> None:
+        """`timeout_floor_s`: the shortest step timeout (a simulated clock's real minimum)."""
         self.plans = plans
         self.policy = policy or ContactPolicy()
+        self.timeout_floor_s = timeout_floor_s
         # Each plan step as a leg with no address yet: expanded per notification by replace().
         self._steps = {
             type_: [
@@ -70,14 +84,31 @@ class Machine:
                     step=i,
                     channel=step.channel,
                     address=None,
-                    timeout_s=plans.timeout_s(step),
+                    timeout_s=max(plans.timeout_s(step), timeout_floor_s),
                     max_attempts=plans.max_attempts(step),
                     retry_delay_s=plans.retry_delay_s(step),
+                    retry_busy_s=step.retry.delay_s("busy") if step.retry else None,
+                    retry_no_answer_s=step.retry.delay_s("no_answer") if step.retry else None,
+                    retry_voicemail_s=step.retry.delay_s("voicemail") if step.retry else None,
+                    max_calls=step.retry.max_calls if step.retry else 1,
+                    missed_call_sms=step.missed_call_sms,
                 )
                 for i, step in enumerate(plan.steps)
             ]
             for type_, plan in plans.plans.items()
         }
+        self._notice_timeout_s = max(plans.defaults.timeout_s.get("sms", 120.0), timeout_floor_s)
+
+    def needs_ledger(self, state_or_type: NotificationState | str, category: str = "") -> bool:
+        """Whether transitions of this notification may read the frequency ledger."""
+        if isinstance(state_or_type, NotificationState):
+            st = state_or_type
+            return self.policy.needs_ledger(st.category, {leg.channel for leg in st.legs})
+        plan = self.plans.get(state_or_type)
+        if plan is None:
+            return False
+        cat = category or plan.category
+        return self.policy.needs_ledger(cat, {s.channel for s in plan.steps})  # type: ignore[arg-type]
 
     # --- entry points ---------------------------------------------------------------------
 
@@ -86,11 +117,19 @@ class Machine:
         req: NotificationRequested,
         profile: CustomerProfile | None,
         now: datetime,
+        ledger: LedgerView | None = None,
     ) -> tuple[NotificationState, Effects]:
         """A new notification: expand its plan into legs and make the first move."""
         plan = self.plans.get(req.type)
         if plan is None:  # the engine checks first; this guards direct callers
             raise KeyError(req.type)
+        phone = (req.contacts.phone if req.contacts else None) or (
+            profile.phone if profile else None
+        )
+        cfg = self.policy.config
+        tz_name = resolve_timezone(
+            profile.timezone if profile else None, phone, cfg.default_timezone
+        )
         state = NotificationState(
             id=req.id,
             customer_id=req.customer_id,
@@ -108,7 +147,9 @@ class Machine:
                 revoked_channels=[
                     c for c, v in (profile.consents if profile else {}).items() if v == "revoked"
                 ],
-                timezone=profile.timezone if profile else None,
+                timezone=tz_name,
+                country=resolve_country(phone, tz_name, cfg.default_country),
+                quiet_hours=[(q.from_, q.to) for q in profile.quiet_hours] if profile else [],
             ),
         )
         fx = Effects()
@@ -119,13 +160,19 @@ class Machine:
             fx.timers_add.append(
                 (self._member(state, "expire", 0, 0), state.expires_at.timestamp())
             )
-        self._advance(state, fx, 0, now)
+        self._advance(state, fx, 0, now, ledger)
         return state, fx
 
     def on_outcome(
-        self, state: NotificationState, out: AttemptOutcome, now: datetime
+        self,
+        state: NotificationState,
+        out: AttemptOutcome,
+        now: datetime,
+        ledger: LedgerView | None = None,
     ) -> Effects | None:
         """An attempt's outcome from a channel service."""
+        if out.leg >= len(state.legs):
+            return self._on_notice_outcome(state, out)
         if (
             state.final
             or state.phase != "dispatched"
@@ -139,10 +186,17 @@ class Machine:
         self._record_attempt(
             state, fx, leg, out.outcome, out.at, out.provider, out.detail, out.provider_message_id
         )
-        self._after_outcome(state, fx, leg, out.outcome, now)
+        self._ledger_outcome(state, fx, leg, out.outcome, now, ledger)
+        self._after_outcome(state, fx, leg, out.outcome, now, ledger)
         return fx
 
-    def on_timer(self, state: NotificationState, t: TimerFired, now: datetime) -> Effects | None:
+    def on_timer(
+        self,
+        state: NotificationState,
+        t: TimerFired,
+        now: datetime,
+        ledger: LedgerView | None = None,
+    ) -> Effects | None:
         """Scheduled work came due: a step timed out, a retry or deferral resumes, or expiry."""
         if state.final:
             return None
@@ -151,6 +205,8 @@ class Machine:
             fx.timers_del.append(
                 self._member(state, state_timer_kind(state), state.leg, state.attempt)
             )
+            if state.phase == "dispatched" and state.legs:
+                self._ledger_outcome(state, fx, state.legs[state.leg], "failed", now, ledger)
             self._finish(state, fx, now, "expired", "expires_at passed before delivery")
             return fx
         if t.leg != state.leg or t.attempt != state.attempt:
@@ -159,18 +215,25 @@ class Machine:
         if t.kind == "step_timeout" and state.phase == "dispatched":
             detail = f"no outcome within {leg.timeout_s:g} s (step timeout)"
             self._record_attempt(state, fx, leg, "failed", now, None, detail, None)
+            self._ledger_outcome(state, fx, leg, "failed", now, ledger)
             fx.fallbacks.append((leg.channel, "timeout"))
-            self._advance(state, fx, state.leg + 1, now)
+            self._advance(state, fx, state.leg + 1, now, ledger)
             return fx
         if t.kind == "retry" and state.phase == "retry_wait":
-            self._try_leg(state, fx, state.leg, state.attempt, now)
+            self._try_leg(state, fx, state.leg, state.attempt, now, ledger)
             return fx
         return None
 
     # --- moves ----------------------------------------------------------------------------
 
     def _after_outcome(
-        self, state: NotificationState, fx: Effects, leg: Leg, outcome: Outcome, now: datetime
+        self,
+        state: NotificationState,
+        fx: Effects,
+        leg: Leg,
+        outcome: Outcome,
+        now: datetime,
+        ledger: LedgerView | None,
     ) -> None:
         if outcome == "delivered":
             self._finish(state, fx, now, "delivered", None, channel=leg.channel)
@@ -200,62 +263,263 @@ class Machine:
                 state,
                 fx,
                 leg,
-                now + timedelta(seconds=leg.retry_delay_s or 1.0),
-                "provider deferred",
+                Verdict(
+                    "defer", "provider_deferred", now + timedelta(seconds=leg.retry_delay_s or 1.0)
+                ),
+                now,
             )
             return
+        if outcome in ("busy", "no_answer", "voicemail") and leg.channel == "voice":
+            state.missed_calls += 1
+            if leg.missed_call_sms and state.missed_calls == 1 and outcome != "voicemail":
+                self._notice(state, fx, leg, "missed_call", now, ledger)
+            delay = {
+                "busy": leg.retry_busy_s,
+                "no_answer": leg.retry_no_answer_s,
+                "voicemail": leg.retry_voicemail_s,
+            }[outcome]
+            if delay is not None and state.missed_calls < leg.max_calls:
+                due = now + timedelta(seconds=delay)
+                state.attempt += 1
+                state.phase = "retry_wait"
+                fx.timers_add.append(
+                    (self._member(state, "retry", state.leg, state.attempt), due.timestamp())
+                )
+                fx.records.append(
+                    self._record(
+                        state,
+                        leg,
+                        now,
+                        decision=f"retry: call-back {state.missed_calls} of "
+                        f"{leg.max_calls - 1} after {outcome} at "
+                        f"{due.astimezone(self._tz(state)).isoformat(timespec='seconds')}",
+                        suffix="callback",
+                    )
+                )
+                return
         fx.fallbacks.append((leg.channel, outcome))
-        self._advance(state, fx, state.leg + 1, now)
+        self._advance(state, fx, state.leg + 1, now, ledger)
 
-    def _advance(self, state: NotificationState, fx: Effects, start: int, now: datetime) -> None:
+    def _advance(
+        self,
+        state: NotificationState,
+        fx: Effects,
+        start: int,
+        now: datetime,
+        ledger: LedgerView | None,
+    ) -> None:
         """Try legs from `start` on until one is dispatched or deferred, else finish."""
+        state.missed_calls = 0
         for index in range(start, len(state.legs)):
-            if self._try_leg(state, fx, index, 1, now):
+            if self._try_leg(state, fx, index, 1, now, ledger):
                 return
         self._finish(state, fx, now, self._final_status(state), None)
 
+    def _contact(self, state: NotificationState, leg: Leg, ledger: LedgerView | None) -> Contact:
+        p = state.policy
+        return Contact(
+            customer_id=state.customer_id,
+            category=state.category,
+            priority=state.priority,
+            channel=leg.channel,
+            kind=leg.kind,
+            relation=leg.relation,
+            address=leg.address,
+            data=state.data,
+            tz=self._tz(state),
+            country=p.country,
+            quiet_hours=tuple(p.quiet_hours),
+            opted_out=frozenset(p.opted_out_channels),
+            revoked=frozenset(p.revoked_channels),
+            ledger=ledger,
+        )
+
+    def _tz(self, state: NotificationState) -> ZoneInfo:
+        return _zone(state.policy.timezone or self.policy.config.default_timezone)
+
     def _try_leg(
-        self, state: NotificationState, fx: Effects, index: int, attempt: int, now: datetime
+        self,
+        state: NotificationState,
+        fx: Effects,
+        index: int,
+        attempt: int,
+        now: datetime,
+        ledger: LedgerView | None,
     ) -> bool:
         """Ask policy, then dispatch (True), defer (True) or suppress (False: move on)."""
         leg = state.legs[index]
         state.leg, state.attempt = index, attempt
-        verdict = self.policy.decide(state, leg, now)
+        contact = self._contact(state, leg, ledger)
+        verdict = self.policy.decide(contact, now)
+        if self.policy.caps.applicable(contact):
+            fx.ledger_read = True
         if verdict.action == "suppress":
-            self._record_attempt(state, fx, leg, "suppressed", now, None, verdict.reason, None)
-            fx.fallbacks.append((leg.channel, f"suppressed_{verdict.reason}"))
+            fx.decisions.append(("suppressed", verdict.rule, leg.channel))
+            self._record_attempt(state, fx, leg, "suppressed", now, None, verdict.rule, None)
+            fx.fallbacks.append((leg.channel, f"suppressed_{verdict.rule}"))
             return False
         if verdict.action == "defer" and verdict.until is not None:
-            self._defer(state, fx, leg, verdict.until, verdict.reason)
+            self._defer(state, fx, leg, verdict, now)
             return True
         assert leg.address is not None  # policy suppresses legs without an address
         state.phase = "dispatched"
-        fx.dispatches.append(
-            Dispatch(
-                notification_id=state.id,
-                customer_id=state.customer_id,
-                type=state.type,
-                category=state.category,
-                priority=state.priority,
-                locale=state.locale,
-                channel=leg.channel,
-                leg=index,
-                attempt=attempt,
-                recipient=leg.address,
-                recipient_kind=leg.kind,
-                data=state.data,
-                dispatched_at=now,
-                requested_at=state.received_at,
-            )
-        )
+        fx.dispatches.append(self._dispatch(state, leg, index, attempt, now))
+        self._ledger_dispatch(state, fx, leg, index, attempt, now, ledger)
         due = now + timedelta(seconds=leg.timeout_s)
         fx.timers_add.append((self._member(state, "step_timeout", index, attempt), due.timestamp()))
         return True
 
-    def _defer(
-        self, state: NotificationState, fx: Effects, leg: Leg, until: datetime, reason: str
+    def _dispatch(
+        self, state: NotificationState, leg: Leg, index: int, attempt: int, now: datetime
+    ) -> Dispatch:
+        assert leg.address is not None
+        return Dispatch(
+            notification_id=state.id,
+            customer_id=state.customer_id,
+            type=state.type,
+            category=state.category,
+            priority=state.priority,
+            locale=state.locale,
+            channel=leg.channel,
+            leg=index,
+            attempt=attempt,
+            recipient=leg.address,
+            recipient_kind="borrower" if leg.kind == "notice" else leg.kind,
+            data=state.data,
+            dispatched_at=now,
+            requested_at=state.received_at,
+            template=leg.template,
+        )
+
+    def _notice(
+        self,
+        state: NotificationState,
+        fx: Effects,
+        called: Leg,
+        template: str,
+        now: datetime,
+        ledger: LedgerView | None,
     ) -> None:
+        """One side message beside the plan (e.g. the missed-call SMS), judged by the same
+        rules; its outcome is recorded but never moves the plan. Never deferred: a notice
+        that may not go now is suppressed."""
+        notice = Leg(
+            step=called.step,
+            channel="sms",
+            address=called.address,
+            kind="notice",
+            timeout_s=self._notice_timeout_s,
+            max_attempts=1,
+            retry_delay_s=0.0,
+            template=template,
+        )
+        index = len(state.legs) + len(state.notices)
+        state.notices.append(notice)
+        verdict = self.policy.decide(self._contact(state, notice, ledger), now)
+        if verdict.action != "allow":
+            rule = verdict.rule
+            fx.decisions.append(("suppressed", rule, notice.channel))
+            self._record_notice(state, fx, notice, index, "suppressed", now, None, rule)
+            return
+        fx.dispatches.append(self._dispatch(state, notice, index, 1, now))
+
+    def _on_notice_outcome(self, state: NotificationState, out: AttemptOutcome) -> Effects | None:
+        i = out.leg - len(state.legs)
+        if i >= len(state.notices) or out.attempt != 1:
+            return None
+        if any(a.leg == out.leg for a in state.attempts):
+            return None  # already recorded
+        fx = Effects()
+        self._record_notice(
+            state,
+            fx,
+            state.notices[i],
+            out.leg,
+            out.outcome,
+            out.at,
+            out.provider,
+            out.detail,
+            out.provider_message_id,
+        )
+        return fx
+
+    def _record_notice(
+        self,
+        state: NotificationState,
+        fx: Effects,
+        notice: Leg,
+        index: int,
+        outcome: Outcome,
+        at: datetime,
+        provider: str | None,
+        detail: str | None,
+        provider_message_id: str | None = None,
+    ) -> None:
+        leg, attempt = state.leg, state.attempt
+        state.leg, state.attempt = index, 1  # the record names the notice, not the plan leg
+        try:
+            self._record_attempt(
+                state, fx, notice, outcome, at, provider, detail, provider_message_id
+            )
+        finally:
+            state.leg, state.attempt = leg, attempt
+
+    # --- the frequency ledger -------------------------------------------------------------
+
+    def _tracked(self, leg: Leg) -> bool:
+        return leg.channel in self.policy.ledger_channels and leg.kind in ("borrower", "alt_phone")
+
+    def _ledger_dispatch(
+        self,
+        state: NotificationState,
+        fx: Effects,
+        leg: Leg,
+        index: int,
+        attempt: int,
+        now: datetime,
+        ledger: LedgerView | None,
+    ) -> None:
+        if not self._tracked(leg):
+            return
+        aid = f"{state.id}:{index}:{attempt}"
+        debt = _debt(state)
+        at = now.timestamp()
+        for kind in ("attempt", "inflight"):
+            fx.ledger_add.append((member(leg.channel, kind, debt, aid), at))
+            if ledger is not None:
+                ledger.entries.append(Entry(leg.channel, kind, debt, aid, at))
+
+    def _ledger_outcome(
+        self,
+        state: NotificationState,
+        fx: Effects,
+        leg: Leg,
+        outcome: Outcome,
+        now: datetime,
+        ledger: LedgerView | None,
+    ) -> None:
+        if not self._tracked(leg):
+            return
+        aid = f"{state.id}:{state.leg}:{state.attempt}"
+        debt = _debt(state)
+        fx.ledger_rem.append(member(leg.channel, "inflight", debt, aid))
+        if ledger is not None:
+            ledger.entries = [
+                e for e in ledger.entries if not (e.kind == "inflight" and e.attempt_id == aid)
+            ]
+        if outcome == "delivered":
+            at = now.timestamp()
+            fx.ledger_add.append((member(leg.channel, "answered", debt, aid), at))
+            if ledger is not None:
+                ledger.entries.append(Entry(leg.channel, "answered", debt, aid, at))
+
+    def _defer(
+        self, state: NotificationState, fx: Effects, leg: Leg, verdict: Verdict, now: datetime
+    ) -> None:
+        assert verdict.until is not None
+        until = verdict.until
         state.phase = "retry_wait"
+        fx.decisions.append(("deferred", verdict.rule, leg.channel))
         fx.timers_add.append(
             (self._member(state, "retry", state.leg, state.attempt), until.timestamp())
         )
@@ -263,9 +527,9 @@ class Machine:
             self._record(
                 state,
                 leg,
-                until,
+                now,
                 outcome="deferred",
-                decision=f"deferred: {reason} until {until.isoformat(timespec='minutes')}",
+                decision=verdict.decision(self._tz(state)),
                 suffix=f"defer-{until.timestamp():.0f}",
             )
         )
@@ -437,6 +701,16 @@ class Machine:
             else:
                 legs += [replace(base, address=t) for t in tokens] or [base]
         return legs
+
+
+def _debt(state: NotificationState) -> str:
+    loan = state.data.get("loan_id")
+    return str(loan) if loan not in (None, "") else "-"
+
+
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def state_timer_kind(state: NotificationState) -> str:

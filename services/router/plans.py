@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from services.router.policy.base import parse_duration_s
 from shared.contract.codec import describe_validation_error
 from shared.contract.models import Category, Channel
 from shared.errors import ConfigError
@@ -23,6 +31,31 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class CallRetry(_Frozen):
+    """Call-backs by outcome: `{busy: 15m, no_answer: 2h, voicemail: none, max_calls: 3}`.
+
+    After a busy / unanswered / voicemail call the same number is called again after the
+    outcome's delay (`none`: move on to the next step at once), up to `max_calls` calls."""
+
+    busy: str | None = None
+    no_answer: str | None = None
+    voicemail: str | None = None
+    max_calls: int = Field(default=3, ge=1, le=10)
+
+    @field_validator("busy", "no_answer", "voicemail")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is None or v == "none":
+            return None
+        parse_duration_s(v)
+        return v
+
+    def delay_s(self, outcome: str) -> float | None:
+        value = {"busy": self.busy, "no_answer": self.no_answer, "voicemail": self.voicemail}
+        raw = value.get(outcome)
+        return None if raw is None else parse_duration_s(raw)
+
+
 class Step(_Frozen):
     channel: Channel
     target: Literal["borrower", "backup_contacts"] = "borrower"
@@ -30,11 +63,15 @@ class Step(_Frozen):
     timeout_s: float | None = Field(default=None, gt=0)
     max_attempts: int | None = Field(default=None, ge=1, le=10)
     retry_delay_s: float | None = Field(default=None, ge=0)
+    retry: CallRetry | None = None  # voice: call again later by outcome
+    missed_call_sms: bool = False  # voice: one "we tried to call you" SMS after a missed call
 
     @model_validator(mode="after")
     def _backup_is_phone_or_email(self) -> Step:
         if self.target == "backup_contacts" and self.channel not in ("voice", "sms", "email"):
             raise ValueError("backup_contacts can be reached by voice, sms or email only")
+        if (self.retry is not None or self.missed_call_sms) and self.channel != "voice":
+            raise ValueError("retry by outcome and missed_call_sms are options of voice steps")
         return self
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.router.store import Store
+from shared.clock import Clock
 from shared.config import RouterSettings
 from shared.contract.codec import dumps
 from shared.contract.models import TimerFired
@@ -27,17 +27,27 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, settings: RouterSettings, store: Store, producer: AIOKafkaProducer) -> None:
+    """Due times are (simulated) epoch seconds of the clock (shared/clock.py); the lease is
+    real seconds, converted."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        store: Store,
+        producer: AIOKafkaProducer,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.producer = producer
+        self.clock = clock or settings.clock()
 
     async def tick(self) -> int:
         """Publish every piece of work due now; return how many."""
         fired = 0
         while True:
-            now = time.time()
-            lease_until = now + self.settings.scheduler_lease_s
+            now = self.clock.epoch_s()
+            lease_until = now + self.settings.scheduler_lease_s / self.clock.time_scale
             due = await self.store.claim_due(now, lease_until, self.settings.scheduler_batch)
             if not due:
                 return fired

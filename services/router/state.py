@@ -24,11 +24,18 @@ class Leg(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     step: int
     channel: Channel
     address: str | None
-    kind: Literal["borrower", "alt_phone", "backup_contact"] = "borrower"
+    kind: Literal["borrower", "alt_phone", "backup_contact", "notice"] = "borrower"
     relation: str | None = None
     timeout_s: float
     max_attempts: int
     retry_delay_s: float
+    # voice call-backs by outcome (seconds; None: move on), at most max_calls calls
+    retry_busy_s: float | None = None
+    retry_no_answer_s: float | None = None
+    retry_voicemail_s: float | None = None
+    max_calls: int = 1
+    missed_call_sms: bool = False
+    template: str | None = None  # notices: the message to send (e.g. missed_call)
 
 
 class AttemptEntry(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -47,7 +54,9 @@ class PolicyContext(msgspec.Struct, kw_only=True, frozen=True):
 
     opted_out_channels: list[Channel] = msgspec.field(default_factory=list)
     revoked_channels: list[Channel] = msgspec.field(default_factory=list)
-    timezone: str | None = None
+    timezone: str | None = None  # resolved: profile, else phone region, else the default
+    country: str = "CN"  # for public holidays
+    quiet_hours: list[tuple[str, str]] = msgspec.field(default_factory=list)
 
 
 class NotificationState(msgspec.Struct, kw_only=True):
@@ -71,6 +80,10 @@ class NotificationState(msgspec.Struct, kw_only=True):
     channel: Channel | None = None
     completed_at: datetime | None = None
     policy: PolicyContext = msgspec.field(default_factory=PolicyContext)
+    # side messages beside the plan (the missed-call SMS); dispatched with leg index
+    # len(legs) + i, their outcomes recorded but never moving the plan
+    notices: list[Leg] = msgspec.field(default_factory=list)
+    missed_calls: int = 0  # busy / no_answer / voicemail calls on the current leg
 
     @property
     def final(self) -> bool:

@@ -8,12 +8,16 @@ Keys (prefix `tongda:` by default):
   timers                   zset member → due epoch seconds (the durable scheduler)
   outbox:{topic}:{part}    hash effect id → record not yet acknowledged by the broker
   outpos:{topic}:{part}    hash out-topic:partition → offset to scan from on recovery
+  led:{customer_id}        zset: the frequency ledger (services/router/ledger.py)
+  ledv:{customer_id}       the ledger's version, bumped by every write
+
+Key names are built here only: the Lua scripts receive every name they touch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,11 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from services.router.ledger import LedgerView
 from shared.resp import Arg, Stream, execute, pack
 
 _LUA = Path(__file__).with_name("lua")
-_SCRIPTS = ("apply", "read", "erase", "claim", "release")
+_SCRIPTS = ("apply", "read", "erase", "claim", "release", "ledger")
 _MSGPACK = msgspec.msgpack.Encoder()
 
 
@@ -54,6 +59,12 @@ class Keys:
     def outpos(self, topic: str, partition: int) -> str:
         return f"{self.prefix}outpos:{topic}:{partition}"
 
+    def ledger(self, customer_id: str) -> str:
+        return f"{self.prefix}led:{customer_id}"
+
+    def ledger_version(self, customer_id: str) -> str:
+        return f"{self.prefix}ledv:{customer_id}"
+
 
 @dataclass
 class Transition:
@@ -68,16 +79,31 @@ class Transition:
     timers_add: list[tuple[str, float]]
     timers_del: list[str]
     timeline: list[bytes]
+    # the frequency ledger: the version a decision read (-1: none), and what to write
+    ledger_read_version: int = -1
+    ledger_add: list[tuple[str, float]] = field(default_factory=list)
+    ledger_rem: list[str] = field(default_factory=list)
+    ledger_prune_before: float = 0.0
 
 
 class Store:
     """Redis operations of the router. Callers pipeline them per batch."""
 
-    def __init__(self, redis: Redis, prefix: str, retention_s: int, timeline_max: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        retention_s: int,
+        timeline_max: int,
+        ledger_horizon_s: float = 0.0,
+    ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.retention_s = retention_s
         self.timeline_max = timeline_max
+        # how long ledger entries matter (the longest cap window): older ones are pruned
+        self.ledger_horizon_s = ledger_horizon_s
+        self.ledger_ttl_s = int(ledger_horizon_s) + 86_400
         self._sources = {n: (_LUA / f"{n}.lua").read_text() for n in _SCRIPTS}
         self._sha: dict[str, str] = {}
 
@@ -117,31 +143,59 @@ class Store:
         """The packed EVALSHA of apply.lua for a chunk of transitions (one reply: a list of
         1 applied / 0 not at the expected version, in order)."""
         # Redis' cmsgpack reads msgpack str but not bin: bytes (UTF-8 JSON) go as str.
+        k = self.keys
         payload = _MSGPACK.encode(
             [
                 [
                     t.expected_version,
-                    t.notification_id,
-                    t.customer_id,
+                    k.state(t.notification_id),
                     t.state_json.decode(),
+                    k.customer_notifications(t.customer_id),
+                    t.notification_id,
+                    k.timeline(t.customer_id),
                     t.outbox_key,
                     [x for eid, blob in t.outbox for x in (eid, blob.decode())],
                     [x for member, score in t.timers_add for x in (member, score)],
                     t.timers_del,
                     [entry.decode() for entry in t.timeline],
+                    k.ledger(t.customer_id),
+                    k.ledger_version(t.customer_id),
+                    t.ledger_read_version,
+                    [x for member, score in t.ledger_add for x in (member, score)],
+                    t.ledger_rem,
+                    t.ledger_prune_before,
+                    self.ledger_ttl_s,
                 ]
                 for t in chunk
             ]
         )
-        args: list[Arg] = [self.retention_s, self.timeline_max, self.keys.prefix, payload]
+        args: list[Arg] = [self.retention_s, self.timeline_max, payload]
         return self._packed("apply", [self.keys.timers], args)
 
     async def read_states(self, ids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
         """(version, state JSON) of each notification, None where unknown; one round trip."""
         if not ids:
             return []
-        (flat,) = await self.run([self._packed("read", [], [self.keys.prefix, *ids])])
+        keys = [self.keys.state(i) for i in ids]
+        (flat,) = await self.run([self._packed("read", [], keys)])
         return [(flat[i] or None, flat[i + 1] or None) for i in range(0, len(flat), 2)]
+
+    async def read_ledgers(
+        self, customer_ids: Sequence[str], now_s: float
+    ) -> dict[str, LedgerView]:
+        """The frequency ledger of each customer (entries within the horizon); one trip."""
+        if not customer_ids:
+            return {}
+        args: list[Arg] = [f"{now_s - self.ledger_horizon_s:.3f}"]
+        for cid in customer_ids:
+            args += [self.keys.ledger(cid), self.keys.ledger_version(cid)]
+        (flat,) = await self.run([self._packed("ledger", [], args)])
+        out = {}
+        for n, cid in enumerate(customer_ids):
+            version, entries = flat[2 * n], flat[2 * n + 1]
+            pairs = [(entries[i], float(entries[i + 1])) for i in range(0, len(entries), 2)]
+            out[cid] = LedgerView.parse(int(version) if version else 0, pairs)
+        return out
 
     def erase_customer(self, customer_id: str) -> bytes:
         """The packed EVALSHA of erase.lua for one customer."""
@@ -150,6 +204,8 @@ class Store:
             k.profile(customer_id),
             k.timeline(customer_id),
             k.customer_notifications(customer_id),
+            k.ledger(customer_id),
+            k.ledger_version(customer_id),
         ]
         return self._packed("erase", keys, [k.state("")])
 

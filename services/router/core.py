@@ -1,0 +1,49 @@
+"""The router's core, wired one way for production and tests: store, outbox, state machine
+with its contact policy, batch engine and scheduler, over one Redis client and one producer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from services.router.engine import RouterEngine
+from services.router.machine import Machine
+from services.router.outbox import Outbox
+from services.router.plans import PlanBook
+from services.router.policy import ContactPolicy
+from services.router.scheduler import Scheduler
+from services.router.store import Store
+from shared.config import RouterSettings
+from shared.contract.models import CHANNELS
+
+
+@dataclass
+class RouterCore:
+    store: Store
+    outbox: Outbox
+    machine: Machine
+    engine: RouterEngine
+    scheduler: Scheduler
+
+
+async def build_core(
+    settings: RouterSettings,
+    plans: PlanBook,
+    policy: ContactPolicy,
+    redis: Redis,
+    producer: AIOKafkaProducer,
+) -> RouterCore:
+    """Everything between the consumer and Redis/Kafka; loads the Lua scripts."""
+    s = settings
+    clock = s.clock()
+    store = Store(redis, s.key_prefix, s.retention_s, s.timeline_max_records, policy.caps.horizon_s)
+    await store.load_scripts()
+    t = s.topics
+    outbox = Outbox(
+        redis, producer, store.keys, s, [t.status, t.audit] + [t.dispatch(c) for c in CHANNELS]
+    )
+    machine = Machine(plans, policy, clock.at_least_real(0.0, s.min_real_timeout_s))
+    engine = RouterEngine(s, redis, store, outbox, machine, clock)
+    return RouterCore(store, outbox, machine, engine, Scheduler(s, store, producer, clock))

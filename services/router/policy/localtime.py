@@ -1,0 +1,130 @@
+"""The borrower's local time: which time zone and country, and when daily intervals open.
+
+Time zone: the profile's `timezone`; else the time zone of the phone number's region
+(phonenumbers; the first of several, e.g. a +1 area code's); else the configured default
+(`Asia/Shanghai`). Country (for public holidays): the phone number's region; else the country
+of the time zone (the system's zone.tab); else the default country.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, time, timedelta
+from functools import cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezone
+
+from services.router.policy.base import horizon
+
+Minutes = tuple[int, int]  # [start, end) in minutes after local midnight; end may be 1440
+
+
+def parse_hhmm(value: str) -> int:
+    hh, _, mm = value.partition(":")
+    minutes = int(hh) * 60 + int(mm)
+    if not (0 <= int(hh) <= 24 and 0 <= int(mm) < 60) or minutes > 1440:
+        raise ValueError(f"{value!r} is not a local time HH:MM")
+    return minutes
+
+
+def interval(start: str, end: str) -> list[Minutes]:
+    """`08:00`–`21:00` → [(480, 1260)]; one crossing midnight splits in two."""
+    s, e = parse_hhmm(start), parse_hhmm(end)
+    if s == e:
+        return [(0, 1440)]
+    return [(s, e)] if s < e else [(s, 1440), (0, e)]
+
+
+def _phone(number: str | None) -> phonenumbers.PhoneNumber | None:
+    if not number:
+        return None
+    try:
+        return phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+@cache
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def resolve_timezone(profile_tz: str | None, phone: str | None, default: str) -> str:
+    """The IANA name of the borrower's time zone (see the module doc)."""
+    if profile_tz and _zone(profile_tz) is not None:
+        return profile_tz
+    number = _phone(phone)
+    if number is not None:
+        for name in phone_timezone.time_zones_for_number(number):
+            if _zone(name) is not None and name != "Etc/Unknown":
+                return str(name)
+    return default
+
+
+@cache
+def _zone_countries() -> dict[str, str]:
+    for path in (Path("/usr/share/zoneinfo/zone1970.tab"), Path("/usr/share/zoneinfo/zone.tab")):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        out: dict[str, str] = {}
+        for line in lines:
+            if line.startswith("#") or not line.strip():
+                continue
+            cols = line.split("\t")
+            if len(cols) >= 3:
+                out.setdefault(cols[2], cols[0].split(",")[0])
+        return out
+    return {}
+
+
+def resolve_country(phone: str | None, tz_name: str, default: str) -> str:
+    """ISO 3166 alpha-2 country of the borrower, for public holidays."""
+    number = _phone(phone)
+    if number is not None:
+        region = phonenumbers.region_code_for_number(number)
+        if region and region != "ZZ":
+            return str(region)
+    return _zone_countries().get(tz_name, default)
+
+
+def at_local(day: date, minutes: int, tz: ZoneInfo) -> datetime:
+    """The instant of `minutes` after local midnight of `day` in `tz` (1440: next midnight)."""
+    if minutes >= 1440:
+        return datetime.combine(day + timedelta(days=1), time(0, 0), tz)
+    return datetime.combine(day, time(minutes // 60, minutes % 60), tz)
+
+
+def next_open(
+    t: datetime,
+    tz: ZoneInfo,
+    intervals: Sequence[Minutes],
+    day_ok: Callable[[date], bool] = lambda _d: True,
+) -> datetime | None:
+    """The first instant ≥ t inside one of the daily `intervals` on a day where `day_ok`;
+    None when there is none within the horizon."""
+    spans = sorted(intervals)
+    local = t.astimezone(tz)
+    day = local.date() - timedelta(days=1)  # an interval may have begun yesterday (DST)
+    end_day = horizon(t).date()
+    while day <= end_day:
+        if day_ok(day):
+            for s, e in spans:
+                start, stop = at_local(day, s, tz), at_local(day, e, tz)
+                if stop > t and start < stop:
+                    return max(start, t)
+        day += timedelta(days=1)
+    return None
+
+
+def local_day_bounds(t: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[local midnight, next local midnight) around `t`."""
+    day = t.astimezone(tz).date()
+    return at_local(day, 0, tz), at_local(day, 1440, tz)
