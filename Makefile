@@ -18,7 +18,7 @@ UP_ARGS ?=
 export PYTHONDONTWRITEBYTECODE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench schemas clean
+.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench bench-sms schemas clean
 
 help: ## list the targets
 	@echo "tongda — make targets:"
@@ -76,6 +76,9 @@ typecheck: $(STAMP) ## mypy (strict; config in pyproject.toml) on shared, servic
 
 bench: $(STAMP) ## throughput/latency benchmark (tools.bench)
 	$(PY) -m tools.bench
+
+bench-sms: $(STAMP) ## SMPP submits/s against the test SMSC beside the rate limit (tools.bench_sms)
+	$(PY) -m tools.bench_sms
 
 schemas: $(STAMP) ## export the contract's JSON Schemas (tools.export_schemas)
 	$(PY) -m tools.export_schemas
