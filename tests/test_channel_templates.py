@@ -417,6 +417,9 @@ def test_a_sample_lacking_a_variable_is_reported_not_fatal(
     warning = next(line for line in template_report(3) if "new_type" in line)
     assert warning == "WARNING sms new_type en-US: not measured: missing variable 'balance' " \
         "(template new_type, sms, en-US)"
+    # a template only the default locale has is taken from it in the other locales
+    assert render("new_type", "zh-CN", {"balance": "9"}, "sms").body == "【通达金融】9"
+    assert render("new_type", "zh-CN", {"balance": "9"}, "push").subject == "s"
 
 
 # --- invalid files -----------------------------------------------------------------------
