@@ -1,4 +1,6 @@
-"""aiohttp pieces every service shares: JSON errors, bearer auth, health, readiness, metrics."""
+"""aiohttp pieces every service shares: JSON errors, bearer auth, health, readiness, metrics,
+and the server's hardening (no version banner, a header-read timeout, header size limits).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp.web_response
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
+from shared.config import CommonSettings
 from shared.metrics import HTTP_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -19,6 +23,30 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None = ready, else the reason
 READINESS_CHECKS = web.AppKey("readiness_checks", list[tuple[str, ReadinessCheck]])
+
+# aiohttp sends `Server: Python/3.x aiohttp/3.y` on every response, its own error pages for
+# malformed requests included (those reach no app hook): name no versions, in every service.
+SERVER_NAME = "tongda"
+aiohttp.web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
+
+MAX_REQUEST_LINE_BYTES = 8190
+MAX_HEADER_FIELD_BYTES = 8190
+MAX_HEADERS = 64
+
+
+def server_options(settings: CommonSettings) -> dict[str, Any]:
+    """Keyword arguments for `web.AppRunner(app, **...)` / `web.run_app(app, **...)`.
+
+    `keepalive_timeout` is the header-read timeout: aiohttp arms it when a connection opens
+    and after each response, and closes the connection if no complete request head arrived
+    by then, however slowly bytes trickle in (slowloris), so it bounds idle keep-alive too.
+    """
+    return {
+        "keepalive_timeout": settings.http_header_timeout_s,
+        "max_line_size": MAX_REQUEST_LINE_BYTES,
+        "max_field_size": MAX_HEADER_FIELD_BYTES,
+        "max_headers": MAX_HEADERS,
+    }
 
 
 def json_error(status: int, error: str, detail: str, **extra: Any) -> web.Response:

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import re
 
-# E.164 with its plus, or a bare run of 11 to 15 digits (a national mobile number); dates,
-# times and short ids are left alone.
-_PHONE_RE = re.compile(r"(?<![\w.])(?:\+\d{7,15}|\d{11,15})(?![\w.])")
+# A phone number as people write it: digits, optionally after a `+`, in groups separated by
+# single spaces or dashes, a group possibly in parentheses (`+86 138 0013 8000`,
+# `138-0013-8000`, `+1 (415) 555-0100`). A candidate counts as a phone with its plus and 7 to
+# 15 digits, or without it and 11 to 15 digits; dates, times, IP addresses and short ids are
+# left alone (their digits are fewer, or dots and colons join them).
+_PHONE_RE = re.compile(r"(?<![\w.+])\+?\(?\d+\)?(?:[ \-]\(?\d+\)?)*(?!\w|\.\d)")
+_SEPARATORS_RE = re.compile(r"[ \-()]")
+MAX_PHONE_DIGITS = 15
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+")
 
 
 def mask_phone(phone: str) -> str:
-    """`+8613800138000` → `+86138****8000`: country code and prefix, then the last four."""
-    digits = phone.lstrip("+")
-    plus = "+" if phone.startswith("+") else ""
-    if len(digits) <= 6:
-        return plus + "*" * len(digits)
-    head = digits[:5] if len(digits) > 10 else digits[:2]
-    return f"{plus}{head}****{digits[-4:]}"
+    """`+8613800138000` → `+86138****8000`: country code and prefix, then the last four.
+
+    Long numbers (11 digits or more) show at most their first 5 and last 4 digits; shorter
+    ones keep at least 4 digits hidden (`+4420123` → `+44****23`); 6 digits or fewer show
+    none. Spaces and dashes are dropped first.
+    """
+    plus = "+" if phone.lstrip().startswith("+") else ""
+    digits = "".join(c for c in phone if c.isdigit())
+    n = len(digits)
+    if n <= 6:
+        return plus + "*" * n
+    if n > 10:
+        head, tail = 5, 4
+    else:
+        tail = min(4, n - 6)
+        head = min(2, n - 4 - tail)
+    return f"{plus}{digits[:head]}****{digits[n - tail :] if tail else ''}"
 
 
 def mask_email(email: str) -> str:
@@ -49,4 +64,34 @@ def scrub(text: str) -> str:
     """Mask every phone number, email and bearer token found in free text (log lines)."""
     text = _BEARER_RE.sub(r"\1****", text)
     text = _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
+    return _PHONE_RE.sub(_mask_candidate, text)
+
+
+def _is_phone(candidate: str) -> bool:
+    digits = sum(c.isdigit() for c in candidate)
+    low = 7 if candidate.startswith("+") else 11
+    return low <= digits <= MAX_PHONE_DIGITS
+
+
+def _mask_candidate(match: re.Match[str]) -> str:
+    """Mask a run of digit groups: whole if it is one phone number, else each longest run of
+    its space-separated groups that is one (`ids 12 34 138 0013 8000` masks the last three)."""
+    text = match.group(0)
+    if _is_phone(text):
+        return mask_phone(text)
+    if _SEPARATORS_RE.sub("", text).isdigit() and len(text.replace(" ", "")) == len(text):
+        return text  # one group with no spaces: too short or too long to be a phone
+    groups = text.split(" ")
+    out: list[str] = []
+    i = 0
+    while i < len(groups):
+        for j in range(len(groups), i, -1):  # the longest run from group i that is a phone
+            run = " ".join(groups[i:j])
+            if _is_phone(run):
+                out.append(mask_phone(run))
+                i = j
+                break
+        else:
+            out.append(groups[i])
+            i += 1
+    return " ".join(out)

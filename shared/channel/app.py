@@ -16,7 +16,13 @@ from shared.channel.service import ChannelService
 from shared.config import ChannelSettings, load_settings
 from shared.contract.models import Channel
 from shared.errors import ConfigError
-from shared.http import READINESS_CHECKS, ReadinessCheck, add_ops_routes, error_middleware
+from shared.http import (
+    READINESS_CHECKS,
+    ReadinessCheck,
+    add_ops_routes,
+    error_middleware,
+    server_options,
+)
 from shared.http import redis_check as ping_redis
 from shared.logging import setup_logging
 from shared.templates import check_templates, log_template_report
@@ -126,6 +132,7 @@ def run(channel: Channel, make_provider: ProviderFactory) -> None:
             print=None,
             access_log=None,
             shutdown_timeout=5.0,
+            **server_options(settings),
         )
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
