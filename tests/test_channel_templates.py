@@ -17,12 +17,13 @@ from jinja2.exceptions import SecurityError
 from redis.asyncio import Redis
 
 import shared.templates.rendering as render_module
+from shared.channel.app import check_message_templates
 from shared.channel.outcomes import OutcomePublisher
 from shared.channel.provider import Completed, Message, Provider, SendResult
 from shared.channel.receipts import ReceiptBook
 from shared.channel.worker import ChannelWorker
 from shared.config import ChannelSettings
-from shared.contract.models import Dispatch
+from shared.contract.models import Channel, Dispatch
 from shared.errors import ConfigError
 from shared.templates import (
     CHANNELS,
@@ -397,6 +398,21 @@ def test_report_is_logged_with_warnings_over_the_maximum(caplog: pytest.LogCaptu
     assert levels == {logging.INFO, logging.WARNING}
     warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert warning.endswith("over the maximum (max 1)")
+
+
+@pytest.mark.parametrize("channel", ["sms", "email"])
+def test_channel_services_check_the_templates_at_start_up(
+    channel: Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shared.channel.app")
+    check_message_templates(ChannelSettings(channel=channel, max_sms_segments=1))
+    lines = [r for r in caplog.records if r.name == "shared.channel.app"]
+    if channel == "email":  # checked, not reported
+        assert lines == []
+        return
+    assert len(lines) == len(catalog().names) * len(LOCALES)
+    over = [r.getMessage() for r in lines if r.levelno == logging.WARNING]
+    assert over and all(m.endswith("segments: over the maximum (max 1)") for m in over)
 
 
 def test_report_command(capsys: pytest.CaptureFixture[str]) -> None:
