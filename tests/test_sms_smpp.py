@@ -437,3 +437,34 @@ async def test_sms_service_with_smpp_reports_outcomes_and_inquiries(
     assert outcome.provider_message_id == smsc.submits[0].message_id
     received = decode(inquiry.value, InquiryReceived)
     assert (received.channel, received.text) == ("sms", "我已还款")
+
+
+async def test_several_binds_share_the_sends(started: Any, smsc: TestSmsc) -> None:
+    provider, sink = await started(binds=2)
+    await smsc.wait_for(lambda: smsc.bound_peers == 2)
+    await asyncio.gather(
+        *(provider.send(dispatch("sms", "+8613800138001"), sms(f"m{i}")) for i in range(6))
+    )
+    assert len(provider.sessions) == 2
+    assert len(smsc.submits) == 6
+    await sink.wait(lambda: len(sink.receipts) == 6)
+
+
+async def test_a_long_text_with_an_undelivered_part_fails_once(
+    started: Any, smsc: TestSmsc
+) -> None:
+    provider, sink = await started()
+    result = await provider.send(dispatch("sms", "+8613800130005"), sms(LONG_CHINESE))
+    assert isinstance(result, Accepted)
+    await smsc.wait_for(lambda: len(smsc.receipt_acks) == 5)
+    await sink.wait(lambda: len(sink.receipts) >= 1)
+    assert [(r.provider_message_id, r.outcome) for r in sink.receipts] == [
+        (result.provider_message_id, "failed")
+    ]
+
+
+def test_settings_refuse_what_smpp_cannot_carry() -> None:
+    with pytest.raises(ConfigError, match="TONGDA_SMPP_PASSWORD"):
+        load_smpp_settings(password="longer-than-8")
+    with pytest.raises(ConfigError, match="TONGDA_SMPP_WINDOW"):
+        load_smpp_settings(window=0)

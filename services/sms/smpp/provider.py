@@ -169,6 +169,12 @@ class SmppProvider(Provider):
                 await self._pause(delay)
                 delay = min(delay * 2, s.rebind_max_s)
                 continue
+            except Exception:
+                log.exception("smpp bind failed unexpectedly; again in %.1f s", delay)
+                await session.abort()
+                await self._pause(delay)
+                delay = min(delay * 2, s.rebind_max_s)
+                continue
             delay = s.rebind_min_s
             self.sessions.append(session)
             self._update_bound()

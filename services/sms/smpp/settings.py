@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -24,17 +24,17 @@ class SmppSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 2775
-    system_id: str = ""
+    system_id: str = Field("", max_length=15)  # SMPP's C-octet string limits
     password: SecretStr = SecretStr("")
     password_file: Path | None = None
-    system_type: str = ""
-    source_addr: str = "TONGDA"  # the sender id or short code borrowers see
+    system_type: str = Field("", max_length=12)
+    source_addr: str = Field("TONGDA", max_length=20)  # the sender id or short code borrowers see
     source_ton: int = 5  # alphanumeric; 1 (international) for a number
     source_npi: int = 0
     dest_ton: int = 1  # international: recipients are E.164, sent without the plus
     dest_npi: int = 1  # ISDN (E.164)
-    binds: int = 1  # transceiver sessions kept bound
-    window: int = 10  # submit_sm in flight per session
+    binds: int = Field(1, ge=1)  # transceiver sessions kept bound
+    window: int = Field(10, ge=1)  # submit_sm in flight per session
     enquire_link_s: float = 30.0
     response_timeout_s: float = 10.0  # for any response (bind, submit, enquire_link)
     connect_timeout_s: float = 5.0
@@ -59,6 +59,13 @@ class SmppSettings(BaseSettings):
                 raise ValueError(f"cannot read the password file: {exc.strerror}") from None
             data = {**data, "password": secret}
         return data
+
+    @field_validator("password")
+    @classmethod
+    def _password_fits(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode("latin-1", errors="replace")) > 8:
+            raise ValueError("SMPP 3.4 passwords are at most 8 characters")
+        return value
 
     @property
     def account(self) -> str:

@@ -98,7 +98,7 @@ class TestSmsc:
         self._ids = itertools.count(0x1000)
         self._peers: set[_Peer] = set()
         self._server: asyncio.Server | None = None
-        self._changed = asyncio.Condition()
+        self._waiters: set[asyncio.Event] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> TestSmsc:
@@ -128,15 +128,21 @@ class TestSmsc:
 
     async def wait_for(self, predicate: Callable[[], bool], within_s: float = 10.0) -> None:
         """Wait until `predicate()` holds (checked on every change); TimeoutError otherwise."""
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), within_s)
+
+        async def until() -> None:
+            while not predicate():
+                changed = asyncio.Event()
+                self._waiters.add(changed)
+                try:
+                    await changed.wait()
+                finally:
+                    self._waiters.discard(changed)
+
+        await asyncio.wait_for(until(), within_s)
 
     def _notify(self) -> None:
-        async def notify() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        self._spawn(notify())
+        for changed in self._waiters:
+            changed.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
