@@ -90,6 +90,11 @@ class RouterSettings(CommonSettings):
     http_port: int = 8080
     api_token: SecretStr = SecretStr(DEFAULT_API_TOKEN)  # the router refuses to start with it
     plans_path: Path | None = None  # None: the shipped services/router/plans.yaml
+    intents_path: Path | None = Field(
+        default=None,
+        description="YAML file of inquiry intent rules; unset = the shipped "
+        "`services/router/intents/rules/intents.yaml` (docs/inquiries.md).",
+    )
     policy_preset: Literal["cn", "us", "none"] = "cn"  # the shipped contact rules to use
     policy_path: Path | None = None  # a contact-rules YAML file replacing the preset
     min_real_timeout_s: float = 3.0  # under a simulated clock, step timeouts last at least this
