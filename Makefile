@@ -18,7 +18,7 @@ UP_ARGS ?=
 export PYTHONDONTWRITEBYTECODE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench bench-sms schemas clean
+.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench bench-sms schemas clean intent-eval
 
 help: ## list the targets
 	@echo "tongda — make targets:"
@@ -79,6 +79,9 @@ bench: $(STAMP) ## throughput/latency benchmark (tools.bench)
 
 bench-sms: $(STAMP) ## SMPP submits/s against the test SMSC beside the rate limit (tools.bench_sms)
 	$(PY) -m tools.bench_sms
+
+intent-eval: $(STAMP) ## classify the inquiry corpus; fails below 95% tier accuracy (tools.intent_eval)
+	$(PY) -m tools.intent_eval
 
 schemas: $(STAMP) ## export the contract's JSON Schemas (tools.export_schemas)
 	$(PY) -m tools.export_schemas
