@@ -162,10 +162,10 @@ class FakeTwilio:
                 "MessageSid": sid,
                 "SmsSid": sid,
             }
-            steps = []
-            for status, code in [("queued", ""), ("sent", ""), (final, error)]:
-                step = {**base, "MessageStatus": status, "SmsStatus": status}
-                steps.append({**step, "ErrorCode": code} if code else step)
+            steps: list[dict[str, str]] = []
+            for step, step_error in [("queued", ""), ("sent", ""), (final, error)]:
+                params = {**base, "MessageStatus": step, "SmsStatus": step}
+                steps.append({**params, "ErrorCode": step_error} if step_error else params)
             self._later(callback, steps)
         return web.json_response(
             {
