@@ -13,10 +13,14 @@ from typing import Any
 import orjson
 import pytest
 from channel_support import dispatch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError
 from redis.asyncio import Redis
 
 import shared.templates.rendering as render_module
+from services.sms.smpp.pdu import DC_DEFAULT
+from services.sms.smpp.text import encode_text
 from shared.channel.app import check_message_templates
 from shared.channel.outcomes import OutcomePublisher
 from shared.channel.provider import Completed, Message, Provider, SendResult
@@ -373,6 +377,19 @@ def test_the_sandbox_refuses_unsafe_access(source: str) -> None:
 def test_sms_segments(text: str, encoding: str, chars: int, segments: int) -> None:
     length = sms_segments(text)
     assert (length.encoding, length.chars, length.segments) == (encoding, chars, segments)
+
+
+SMS_ALPHABET = st.sampled_from(["a", "€", "{", "中", "😀", "é", "ç", " ", "\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(SMS_ALPHABET, max_size=400).map("".join))
+def test_segments_agree_with_the_smpp_codec(text: str) -> None:
+    """The report counts the parts the SMPP provider really sends (services/sms/smpp)."""
+    length = sms_segments(text)
+    encoded = encode_text(text, ref=1)
+    assert length.segments == len(encoded.parts)
+    assert (length.encoding == "GSM-7") == (encoded.data_coding == DC_DEFAULT)
 
 
 def test_template_report_lists_every_sms_template_and_warns_over_the_maximum() -> None:

@@ -13,12 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# The GSM 03.38 default alphabet (its escape code 0x1B excluded) and extension table.
-GSM7_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+# The GSM 03.38 default alphabet in code order (0x1B is the escape to the extension table),
+# and the extension table: character → its code after the escape.
+GSM7_TABLE = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
-GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+GSM7_EXTENSION_CODES = {"\x0c": 0x0A, "^": 0x14, "{": 0x28, "}": 0x29, "\\": 0x2F, "[": 0x3C,
+                        "~": 0x3D, "]": 0x3E, "|": 0x40, "€": 0x65}  # fmt: skip
+GSM7_BASIC = frozenset(GSM7_TABLE) - {"\x1b"}
+GSM7_EXTENSION = frozenset(GSM7_EXTENSION_CODES)
 
 Encoding = Literal["GSM-7", "UCS-2"]
 
