@@ -313,3 +313,29 @@ async def _until(predicate: Callable[[], bool], sink: Sink) -> None:
             await sink.got.wait()
 
     await asyncio.wait_for(wait(), 5)
+
+
+def test_bad_breaker_settings_are_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TONGDA_FAILOVER_RATIO", "2")
+    with pytest.raises(ConfigError, match="TONGDA_FAILOVER_RATIO"):
+        build_provider(ChannelSettings(provider="smpp,sandbox"))
+
+
+class StartFails(Scripted):
+    async def start(self, ctx: ProviderContext) -> None:
+        raise ConnectionError("cannot reach the API")
+
+
+class Closes(Scripted):
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_failed_start_closes_the_providers_already_started(redis: Redis) -> None:
+    first = Closes("alpha", Accepted("A"))
+    failover = FailoverProvider([first, StartFails("beta", Accepted("B"))], SETTINGS, Clock())
+    with pytest.raises(ConnectionError):
+        await failover.start(context(redis, Sink()))
+    assert first.closed

@@ -31,9 +31,9 @@ def build_provider(settings: ChannelSettings) -> Provider:
     if len(set(names)) < len(names):
         raise ConfigError(f"sms provider chain {settings.provider!r} names one twice")
     if len(names) > 1:
-        from shared.channel.failover import FailoverProvider, FailoverSettings
+        from shared.channel.failover import FailoverProvider, load_failover_settings
 
-        return FailoverProvider([build_one(n) for n in names], FailoverSettings())
+        return FailoverProvider([build_one(n) for n in names], load_failover_settings())
     return build_one(settings.provider)
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from enum import IntEnum
 
 from aiohttp import web
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.channel.provider import (
@@ -41,6 +42,7 @@ from shared.channel.provider import (
     SendResult,
 )
 from shared.contract.models import Dispatch
+from shared.errors import ConfigError
 from shared.metrics import PROVIDER_CIRCUIT_STATE, PROVIDER_FAILOVERS
 
 log = logging.getLogger(__name__)
@@ -51,12 +53,24 @@ class FailoverSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TONGDA_FAILOVER_", frozen=True, extra="ignore")
 
-    failures: int = 5  # consecutive failures that open a circuit
-    window: int = 20  # recent sends the failure ratio is measured over
-    ratio: float = 0.5  # failure ratio that opens a circuit ...
-    min_calls: int = 10  # ... once this many sends are in the window
-    cooldown_s: float = 30.0  # open → half-open after this
-    attempt_timeout_s: float = 10.0  # a provider followed by another gets this long per send
+    failures: int = Field(5, ge=1)  # consecutive failures that open a circuit
+    window: int = Field(20, ge=1)  # recent sends the failure ratio is measured over
+    ratio: float = Field(0.5, gt=0, le=1)  # failure ratio that opens a circuit ...
+    min_calls: int = Field(10, ge=1)  # ... once this many sends are in the window
+    cooldown_s: float = Field(30.0, ge=0)  # open → half-open after this
+    attempt_timeout_s: float = Field(10.0, gt=0)  # per send, for a provider followed by another
+
+
+def load_failover_settings() -> FailoverSettings:
+    """The breakers' settings; a bad value is a ConfigError naming its variable."""
+    try:
+        return FailoverSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TONGDA_FAILOVER_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigError(f"invalid failover configuration: {problems}") from None
 
 
 class BreakerState(IntEnum):
@@ -172,17 +186,27 @@ class FailoverProvider(Provider):
     async def start(self, ctx: ProviderContext) -> None:
         """Start every provider with the service's context, their ids prefixed."""
         self.channel = ctx.settings.channel
-        for p in self.providers:
-            PROVIDER_CIRCUIT_STATE.labels(channel=self.channel, provider=p.name).set(
-                self.breakers[p.name].state
-            )
-            await p.start(
-                dataclasses.replace(
-                    ctx,
-                    on_receipt=_prefixed_receipts(p.name, ctx),
-                    on_inbound=_prefixed_inbound(p.name, ctx),
+        started: list[Provider] = []
+        try:
+            for p in self.providers:
+                PROVIDER_CIRCUIT_STATE.labels(channel=self.channel, provider=p.name).set(
+                    self.breakers[p.name].state
                 )
-            )
+                await p.start(
+                    dataclasses.replace(
+                        ctx,
+                        on_receipt=_prefixed_receipts(p.name, ctx),
+                        on_inbound=_prefixed_inbound(p.name, ctx),
+                    )
+                )
+                started.append(p)
+        except BaseException:
+            for p in reversed(started):  # the service closes only a provider that started
+                try:
+                    await p.close()
+                except Exception:
+                    log.warning("closing %s failed", p.name, exc_info=True)
+            raise
 
     async def send(self, dispatch: Dispatch, message: Message) -> SendResult:
         """The first admitting provider's answer that is not a failure; else `failed`."""

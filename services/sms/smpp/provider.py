@@ -205,7 +205,8 @@ class SmppProvider(Provider):
             self._bound.clear()
 
     async def _session(self) -> SmppSession:
-        """A bound session, round robin; wait up to `bind_wait_s` for one."""
+        """The bound session with the fewest requests in flight (round robin among equals);
+        wait up to `bind_wait_s` for one."""
         if not self.sessions:
             try:
                 await asyncio.wait_for(self._bound.wait(), self.settings.bind_wait_s)
@@ -214,7 +215,8 @@ class SmppProvider(Provider):
                     f"no SMPP session bound within {self.settings.bind_wait_s:g} s"
                 ) from None
         self._next = (self._next + 1) % len(self.sessions)
-        return self.sessions[self._next]
+        ordered = self.sessions[self._next :] + self.sessions[: self._next]
+        return min(ordered, key=lambda session: session.in_flight)
 
     async def send(self, dispatch: Dispatch, message: Message) -> SendResult:
         """Submit every part; Accepted with the first part's message_id."""

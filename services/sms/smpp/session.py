@@ -47,6 +47,11 @@ class SmppSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unbinding = False
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+        return len(self._waiting)
+
     def _next_sequence(self) -> int:
         self._sequence = self._sequence % 0x7FFFFFFF + 1
         return self._sequence
