@@ -82,7 +82,7 @@ class Classifier:
         fb = rules.feedback
         self._scores = {whole(k): v for k, v in fb.scores.items()}
         scores = "|".join(bounded(k) for k in sorted(self._scores, key=len, reverse=True))
-        suffixes = "|".join(re.escape(whole(s)) for s in sorted(fb.suffixes, key=len, reverse=True))
+        suffixes = "|".join(re.escape(fold(s)) for s in sorted(fb.suffixes, key=len, reverse=True))
         self._feedback = re.compile(
             rf"(?P<score>{scores})(?:\s*(?:{suffixes}))?" if suffixes else rf"(?P<score>{scores})"
         )
