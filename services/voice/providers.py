@@ -1,4 +1,4 @@
-"""Voice providers. Only the sandbox so far."""
+"""Voice providers: the sandbox, Twilio-style HTTP, and SIP (services/voice/sip)."""
 
 from __future__ import annotations
 
@@ -65,4 +65,9 @@ def build_provider(settings: ChannelSettings) -> Provider:
         from shared.channel.twilio import TwilioSettings
 
         return TwilioVoice(provider_settings(TwilioSettings, "TONGDA_TWILIO_"))
+    if settings.provider == "sip":
+        from services.voice.sip.provider import SipProvider
+        from services.voice.sip.settings import load_sip_settings
+
+        return SipProvider(load_sip_settings())
     raise ConfigError(f"unknown voice provider {settings.provider!r}")
