@@ -16,6 +16,7 @@ from functools import cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel import Locale
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal
 from jinja2 import (
@@ -91,8 +92,13 @@ def _formats(ctx: Context) -> Formats:
     return catalog().config.formats[ctx["locale"]]
 
 
-def _babel_locale(ctx: Context) -> str:
-    return str(ctx["locale"]).replace("-", "_")
+def _babel_locale(ctx: Context) -> Locale:
+    return _parsed_locale(str(ctx["locale"]))
+
+
+@cache
+def _parsed_locale(locale: str) -> Locale:
+    return Locale.parse(locale, sep="-")  # parsing costs more than the formatting itself
 
 
 @pass_context
