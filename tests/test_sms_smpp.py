@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from channel_support import collect, create_topics, dispatch, produce, serving
 from redis.asyncio import Redis
+from smpplib import command_codes as smpplib_command_codes
+from smpplib import consts as smpplib_consts
+from smpplib import gsm as smpplib_gsm
 from smpplib import smpp as smpplib_smpp
 
 from services.sms.smpp import pdu
@@ -22,7 +25,13 @@ from services.sms.smpp.provider import SmppProvider, SmppUnavailable
 from services.sms.smpp.session import SessionClosed
 from services.sms.smpp.settings import SmppSettings, load_smpp_settings
 from services.sms.smpp.testsmsc import TestSmsc
-from services.sms.smpp.text import decode_payload, encode_text, parse_receipt, split_udh
+from services.sms.smpp.text import (
+    decode_payload,
+    encode_text,
+    gsm_chars,
+    parse_receipt,
+    split_udh,
+)
 from shared.channel.app import create_app
 from shared.channel.provider import Accepted, Completed, Inbound, ProviderContext, Receipt
 from shared.config import ChannelSettings
@@ -178,6 +187,19 @@ def test_pdus_encoded_by_smpplib_decode_here() -> None:
     assert (got.status, pdu.decode_id(got.body)) == (pdu.ESME_RTHROTTLED, "MSG9")
 
 
+def test_command_ids_statuses_and_tags_match_smpplib() -> None:
+    for code, name in pdu.COMMAND_NAMES.items():
+        assert smpplib_command_codes.get_command_code(name) == code, name
+    statuses = {n: v for n, v in vars(pdu).items() if n.startswith("ESME_")}
+    assert len(statuses) >= 20
+    for name, value in statuses.items():
+        assert getattr(smpplib_consts, f"SMPP_{name}") == value, name
+    tags = smpplib_consts.OPTIONAL_PARAMS
+    assert tags["receipted_message_id"] == pdu.TLV_RECEIPTED_MESSAGE_ID
+    assert tags["message_state"] == pdu.TLV_MESSAGE_STATE
+    assert tags["message_payload"] == pdu.TLV_MESSAGE_PAYLOAD
+
+
 def test_garbage_is_refused() -> None:
     with pytest.raises(pdu.PduError):
         ShortMessage.decode(b"\x00\x05\x00TONG")  # source_addr never terminated
@@ -195,6 +217,15 @@ def test_gsm_text_is_one_part_up_to_160_and_153_septets_per_part_after() -> None
     assert all(len(p) - 6 <= 153 for p in long.parts)
     text = "".join(decode_payload(0, split_udh(p)[1]) for p in long.parts)
     assert text == "Repay {by} 25 Nov " * 12  # no escape pair cut between parts
+
+
+def test_gsm_septets_match_smpplib() -> None:
+    text = "Hello @£$¥ èé ΔΦ_ {}[]~€|^\\ ÄÖÑÜäöñüà ¡¿ 0-9:;<=>? Øø Åå ÆæßÉ !\"#¤%&'()*+,-./"
+    ours = gsm_chars(text)
+    assert ours is not None
+    assert b"".join(ours) == smpplib_gsm.gsm_encode(text)
+    assert decode_payload(pdu.DC_DEFAULT, b"".join(ours)) == text
+    assert gsm_chars("还款") is None
 
 
 def test_chinese_goes_as_ucs2_split_in_67_character_parts() -> None:
