@@ -611,6 +611,22 @@ def queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
                 yield sub.get("title", ""), t["expr"]
 
 
+def concrete(
+    expr: str,
+    namespace: str = ".*",
+    service: str = ".*",
+    rate_interval: str = "1m",
+    range_: str = "5m",
+) -> str:
+    """`expr` with Grafana's variables replaced, ready for Prometheus' /api/v1/query."""
+    return (
+        expr.replace("$namespace", namespace)
+        .replace("$service", service)
+        .replace("$__rate_interval", rate_interval)
+        .replace("$__range", range_)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.dashboards", description=__doc__)
     parser.add_argument("--check", action="store_true", help="compare, do not write")

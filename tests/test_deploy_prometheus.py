@@ -1,0 +1,224 @@
+"""deploy/prometheus and deploy/grafana: the rules pass promtool's checks and unit tests, every
+alert has a fixture that fires it and one that does not, the committed dashboards are what
+tools/dashboards.py generates, and a real Prometheus parses every rule and panel query.
+(tests/test_deploy_live.py runs them against a stack under load.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tools import dashboards
+from tools.prometheus import RULES_DIR, PrometheusServer, rule_files, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+RULE_TESTS = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.test.yml"))
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not installed"
+)
+
+
+def rules() -> list[dict[str, Any]]:
+    out = []
+    for path in rule_files():
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            out.extend(group["rules"])
+    return out
+
+
+def alert_names() -> set[str]:
+    return {r["alert"] for r in rules() if "alert" in r}
+
+
+def dashboard_files() -> list[Path]:
+    return sorted(dashboards.OUT_DIR.glob("*.json"))
+
+
+def panel_queries() -> Iterator[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr) of every panel target and query variable."""
+    for path in dashboard_files():
+        board = json.loads(path.read_text())
+        for title, expr in dashboards.queries(board):
+            yield path.name, title, expr
+        for var in board["templating"]["list"]:
+            if var["type"] == "query":
+                # label_values(selector, label) → the selector is the query it runs
+                inner = var["query"].removeprefix("label_values(").rsplit(",", 1)[0]
+                yield path.name, f"${var['name']}", inner
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run(
+        [PROMTOOL, *args], capture_output=True, text=True, check=False, timeout=60, cwd=ROOT
+    )
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+@needs_promtool
+def test_rules_pass_promtool_check() -> None:
+    files = rule_files()
+    assert files
+    result = promtool("check", "rules", *map(str, files))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_rule_unit_tests_pass() -> None:
+    assert RULE_TESTS
+    result = promtool("test", "rules", *map(str, RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_promtool_test_notices_a_wrong_expectation(tmp_path: Path) -> None:
+    """The unit tests can fail: a fixture expecting the wrong severity is refused."""
+    source = (ROOT / "deploy" / "prometheus" / "tests" / "operations.test.yml").read_text()
+    broken = source.replace(
+        "{namespace: tongda, service: tongda-sms, severity: page}",
+        "{namespace: tongda, service: tongda-sms, severity: ticket}",
+        1,
+    )
+    assert broken != source
+    path = tmp_path / "broken.test.yml"
+    path.write_text(broken.replace("../rules/", f"{RULES_DIR}/"))
+    result = promtool("test", "rules", str(path))
+    assert result.returncode != 0
+    assert "TongdaConsumerLagGrowing" in result.stdout + result.stderr
+
+
+def test_every_alert_has_a_firing_and_a_quiet_fixture() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = alert_names()
+    assert len(names) >= 12
+    assert names - firing == set(), "alerts never seen firing"
+    assert names - quiet == set(), "alerts never seen quiet"
+
+
+def test_every_alert_is_routable_and_documented() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for rule in rules():
+        if "alert" not in rule:
+            continue
+        assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
+        runbook = rule["annotations"]["runbook"]
+        doc, _, anchor = runbook.partition("#")
+        assert doc == "docs/operations.md", rule["alert"]
+        assert f'<a id="{anchor}"></a>' in operations, f"{rule['alert']}: no anchor {anchor}"
+
+
+def test_burn_rate_alerts_pair_a_long_and_a_short_window() -> None:
+    """SRE-workbook style: never a single threshold on one window."""
+    burn = [r for r in rules() if r.get("alert", "").endswith(("BurnFast", "BurnSlow"))]
+    assert len(burn) == 8
+    pairs = {"BurnFast": ("1h", "5m", "6h", "30m"), "BurnSlow": ("1d", "2h", "3d", "6h")}
+    for rule in burn:
+        speed = rule["alert"][-8:]
+        for window in pairs[speed]:
+            assert f"ratio_rate{window}{{" in rule["expr"], (rule["alert"], window)
+        assert rule["expr"].count(" and ") == 2 and rule["expr"].count("or ") == 1
+
+
+# --- dashboards -------------------------------------------------------------------------------
+
+
+def test_committed_dashboards_are_generated() -> None:
+    assert dashboards.main(["--check"]) == 0
+    assert {p.name for p in dashboard_files()} == {
+        "tongda-sla.json",
+        "tongda-channels.json",
+        "tongda-inquiries.json",
+        "tongda-internals.json",
+    }
+
+
+def test_dashboard_check_notices_a_stale_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboards, "OUT_DIR", tmp_path)
+    monkeypatch.setattr(dashboards, "REPO_ROOT", tmp_path)
+    assert dashboards.main([]) == 0
+    assert dashboards.main(["--check"]) == 0
+    (tmp_path / "tongda-sla.json").write_text("{}\n")
+    assert dashboards.main(["--check"]) == 1
+    assert dashboards.main([]) == 0
+    (tmp_path / "old.json").write_text("{}\n")
+    assert dashboards.main(["--check"]) == 1
+
+
+def test_every_dashboard_filters_on_namespace_and_service() -> None:
+    for path in dashboard_files():
+        board = json.loads(path.read_text())
+        names = {v["name"] for v in board["templating"]["list"]}
+        assert {"datasource", "namespace", "service"} <= names, path.name
+        exprs = list(dashboards.queries(board))
+        assert exprs, path.name
+        for title, expr in exprs:
+            assert 'namespace=~"$namespace"' in expr, (path.name, title)
+            if not expr.startswith("tongda:"):
+                assert 'service=~"$service"' in expr, (path.name, title)
+
+
+def test_provisioning_points_at_the_dashboards() -> None:
+    grafana = ROOT / "deploy" / "grafana" / "provisioning"
+    (provider,) = yaml.safe_load((grafana / "dashboards" / "tongda.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    (source,) = yaml.safe_load((grafana / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus"
+
+
+# --- a real Prometheus parses everything -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def idle_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A Prometheus with the project's rules and nothing to scrape."""
+    work = tmp_path_factory.mktemp("prometheus")
+    cfg = write_config(work / "prometheus.yml", {}, scrape_interval_s=1)
+    server = PrometheusServer(work / "prometheus.log", cfg, work / "data")
+    server.start()
+    yield server
+    server.stop_sync()
+
+
+@needs_prometheus
+def test_prometheus_loads_every_rule(idle_prometheus: PrometheusServer) -> None:
+    loaded = {r["name"] for g in idle_prometheus.rule_groups() for r in g["rules"]}
+    expected = {r.get("alert") or r["record"] for r in rules()}
+    assert loaded == expected
+
+
+@needs_prometheus
+def test_prometheus_parses_every_rule_and_panel_query(idle_prometheus: PrometheusServer) -> None:
+    exprs = [("rules", r.get("alert") or r["record"], r["expr"]) for r in rules()]
+    exprs += list(panel_queries())
+    assert len(exprs) > 80
+    for where, what, expr in exprs:
+        idle_prometheus.query(dashboards.concrete(expr))  # PromQLError on a parse error
+        assert where and what
+
+
+@needs_prometheus
+def test_prometheus_refuses_a_broken_query(idle_prometheus: PrometheusServer) -> None:
+    from tools.prometheus import PromQLError
+
+    with pytest.raises(PromQLError, match="bad_data"):
+        idle_prometheus.query("sum by (le (rate(x[5m]))")
