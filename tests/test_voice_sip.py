@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import logging
 import math
 import shutil
 import socket
@@ -124,12 +125,14 @@ def sipp_errors(workdir: Path) -> str:
 
 
 @asynccontextmanager
-async def sipp(scenario: str, workdir: Path, pause_ms: int = 1000) -> AsyncIterator[int]:
-    """Run one call of a UAS scenario; yield its SIP port; then require a clean exit."""
+async def sipp(
+    scenario: str, workdir: Path, pause_ms: int = 1000, calls: int = 1
+) -> AsyncIterator[int]:
+    """Run `calls` calls of a UAS scenario; yield its SIP port; then require a clean exit."""
     port, media = udp_port(), udp_port(even=True)
     proc = await asyncio.create_subprocess_exec(
         _sipp(), "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1",
-        "-p", str(port), "-mp", str(media), "-rtp_echo", "-m", "1", "-d", str(pause_ms),
+        "-p", str(port), "-mp", str(media), "-rtp_echo", "-m", str(calls), "-d", str(pause_ms),
         "-nostdin", "-trace_err", "-timeout", "40s",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=workdir,
     )  # fmt: skip
@@ -285,14 +288,39 @@ async def test_unanswered_calls(
 
 
 async def test_digest_authentication(
-    tmp_path: Path, channel: ChannelSettings, redis: Redis, tts: Tts
+    tmp_path: Path,
+    channel: ChannelSettings,
+    redis: Redis,
+    tts: Tts,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     async with sipp("auth", tmp_path) as port:
         settings = sip_settings(port, username="tongda", password="s3cret-sip")
         async with provider(settings, channel, redis, tts) as (prov, sinks):
             receipt, result = await call(prov, sinks)
     assert (receipt.outcome, receipt.detail) == ("delivered", "answered; message played")
     assert result.stats is not None and result.stats.echoed_message_frames >= 10
+    assert "call ended" in caplog.text
+    assert "s3cret-sip" not in caplog.text and NUMBER not in caplog.text
+
+
+async def test_concurrent_calls_are_limited(
+    tmp_path: Path, channel: ChannelSettings, redis: Redis, tts: Tts
+) -> None:
+    """With max_calls=1, the second call rings only after the first gave up (1 s each)."""
+    async with sipp("ring", tmp_path, calls=2) as port:
+        async with provider(sip_settings(port, max_calls=1), channel, redis, tts) as (prov, sinks):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for _ in range(2):
+                assert isinstance(await prov.send(dispatch("voice", NUMBER), SHORT), Accepted)
+            ended = []
+            for _ in range(2):
+                receipt = await asyncio.wait_for(sinks.receipts.get(), 10)
+                assert receipt.outcome == "no_answer"
+                ended.append(loop.time() - started)
+    assert 1.0 <= ended[0] < 1.8 and ended[1] >= 2.0
 
 
 async def test_wrong_password_fails(

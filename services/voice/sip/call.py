@@ -71,11 +71,12 @@ class SipCall:
         # The dialog, once answered.
         self.remote_target = self.request_uri
         self.route_set: list[str] = []
-        self.state = "calling"  # → early → confirmed → terminated
+        self.state = "calling"  # → early → answered → confirmed → terminated
         self.hangup = asyncio.Event()  # the callee sent BYE
         self.stop = asyncio.Event()  # stop sending: hangup or a digit
         self._invite: SipMessage | None = None
         self._remote_to = self.to_header
+        self._branches: list[str] = []  # of our INVITEs (late final responses get an ACK)
         self._acks: dict[bool, SipMessage] = {}  # 2xx? → the ACK to resend
         self.info_digits: list[str] = []
         self.rtp: RtpSession | None = None
@@ -124,6 +125,8 @@ class SipCall:
             self.stop.set()
             self._abandon()
             self.endpoint.remove_dialog(self.call_id)
+            for branch in self._branches:
+                self.endpoint.remove_transaction(branch, "INVITE")
             self.rtp.close()
 
     def _abandon(self) -> None:
@@ -155,6 +158,7 @@ class SipCall:
             invite.add("Content-Type", "application/sdp")
             invite.body = offer
             self._invite = invite
+            self._branches.append(branch)
             final, cancelled = await self._invite_transaction(invite, branch, ring_deadline)
             if final is None:
                 return CallResult("failed", "no response to INVITE (timer B)")
@@ -256,7 +260,7 @@ class SipCall:
                     ack = self._request("ACK", branch, self.cseq, to=response.get("To"))
                     self._acks[False] = ack
                     self.endpoint.send(ack)
-                self.state = "calling"
+                self.state = "answered" if status < 300 else "terminated"
                 return response, cancelled
         finally:
             # Later retransmissions of the final response get our ACK again.

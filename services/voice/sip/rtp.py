@@ -140,6 +140,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self.law, self.payload_type, self.dtmf_payload_type = law, pt, dtmf_pt
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        if self.remote is None or addr[0] != self.remote[0]:
+            return  # only media from the host the SDP answer named
         packet = RtpPacket.decode(data)
         if packet is None:
             return
