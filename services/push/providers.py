@@ -31,4 +31,9 @@ def build_provider(settings: ChannelSettings) -> Provider:
         from shared.channel.http_provider import provider_settings
 
         return FcmPush(provider_settings(FcmSettings, "TONGDA_FCM_"))
+    if settings.provider == "apns":
+        from services.push.apns import ApnsPush, ApnsSettings
+        from shared.channel.http_provider import provider_settings
+
+        return ApnsPush(provider_settings(ApnsSettings, "TONGDA_APNS_"))
     raise ConfigError(f"unknown push provider {settings.provider!r}")
