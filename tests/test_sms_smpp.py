@@ -499,3 +499,21 @@ def test_settings_refuse_what_smpp_cannot_carry() -> None:
         load_smpp_settings(password="longer-than-8")
     with pytest.raises(ConfigError, match="TONGDA_SMPP_WINDOW"):
         load_smpp_settings(window=0)
+
+
+async def test_a_long_texts_receipts_reaching_another_replica_resolve_it(
+    started: Any, smsc: TestSmsc
+) -> None:
+    sender, sender_sink = await started()
+    _, other_sink = await started()  # a second replica, on the same account
+    await smsc.wait_for(lambda: smsc.bound_peers == 2)
+    smsc.receipts_elsewhere = True
+    smsc.receipt_delay_s = 0.2  # the SMSC's delivery takes a moment
+    result = await sender.send(dispatch("sms", "+8613800138001"), sms(LONG_CHINESE))
+    assert isinstance(result, Accepted)
+    await smsc.wait_for(lambda: len(smsc.receipt_acks) == 5)
+    await other_sink.wait(lambda: len(other_sink.receipts) >= 1)
+    assert [(r.provider_message_id, r.outcome) for r in other_sink.receipts] == [
+        (result.provider_message_id, "delivered")
+    ]
+    assert sender_sink.receipts == []

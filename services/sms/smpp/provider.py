@@ -232,7 +232,6 @@ class SmppProvider(Provider):
             if total > 1:
                 self._remember(message_id, Part(group[0], total))
 
-        ids: list[str] = []
         for seq, payload in enumerate(encoded.parts, 1):
             sm = ShortMessage(
                 source_addr=s.source_addr,
@@ -254,10 +253,9 @@ class SmppProvider(Provider):
                 )
                 detail = f"submit_sm refused: {status_name(resp.status)}{where}"
                 return Completed(outcome, group[0] if group else None, detail)
-            ids.append(pdu.decode_id(resp.body))
-        if total > 1:
-            await self._save_parts(ids, Part(ids[0], total))
-        return Accepted(ids[0])
+            if total > 1:
+                await self._save_part(pdu.decode_id(resp.body), Part(group[0], total))
+        return Accepted(group[0])
 
     async def _submit(self, sm: ShortMessage, register: IdHandler) -> pdu.Pdu:
         """One part: a token, a window slot, submit_sm; again after throttling."""
@@ -280,13 +278,16 @@ class SmppProvider(Provider):
         while len(self._parts) > MEMORY_PARTS_MAX:
             self._parts.popitem(last=False)
 
-    async def _save_parts(self, ids: list[str], part: Part) -> None:
-        """Every part's id → its attempt, in Redis: a receipt may reach another replica."""
-        pipe = self.ctx.redis.pipeline(transaction=False)
-        for message_id in ids:
-            value = f"{part.group}|{part.total}"
-            pipe.set(self.key("part", message_id), value, ex=self.settings.parts_ttl_s)
-        await pipe.execute()
+    async def _save_part(self, message_id: str, part: Part) -> None:
+        """A part's id → its attempt, in Redis at once: its receipt may reach another
+        replica's session (this replica knows it from `register`)."""
+        value = f"{part.group}|{part.total}"
+        try:
+            await self.ctx.redis.set(
+                self.key("part", message_id), value, ex=self.settings.parts_ttl_s
+            )
+        except Exception:  # the part is out: failing the send now would send it again
+            log.warning("part id not saved; only this replica knows it", exc_info=True)
 
     async def _part(self, message_id: str) -> Part | None:
         part = self._parts.get(message_id)

@@ -93,6 +93,7 @@ class TestSmsc:
         self.receipt_acks: list[int] = []  # ... and for receipts
         self.throttle = 0  # answer the next N submits with ESME_RTHROTTLED
         self.throttled = 0
+        self.receipts_elsewhere = False  # send receipts on another bound session, if any
         self.stall = False  # take submits and never answer them
         self.stalled: list[ShortMessage] = []
         self._ids = itertools.count(0x1000)
@@ -267,6 +268,8 @@ class TestSmsc:
     ) -> None:
         if self.receipt_delay_s:
             await asyncio.sleep(self.receipt_delay_s)
+        if self.receipts_elsewhere:
+            peer = next((p for p in self._peers if p.bound and p is not peer), peer)
         now = time.strftime("%y%m%d%H%M")
         text = (
             f"id:{message_id} sub:001 dlvrd:{'001' if stat == 'DELIVRD' else '000'} "
