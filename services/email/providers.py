@@ -1,12 +1,16 @@
-"""Email providers. Only the sandbox so far."""
+"""Email providers: the sandbox (the default) and SMTP (`TONGDA_PROVIDER=smtp`)."""
 
 from __future__ import annotations
 
+from services.email.settings import load_smtp_settings
+from services.email.smtp import SmtpProvider
 from shared.channel.provider import Provider
 from shared.channel.sandbox import SandboxProvider, Script
 from shared.config import ChannelSettings
 from shared.contract.models import Dispatch
 from shared.errors import ConfigError
+
+PROVIDERS = ("sandbox", "smtp")
 
 
 class EmailSandbox(SandboxProvider):
@@ -25,7 +29,12 @@ class EmailSandbox(SandboxProvider):
 
 
 def build_provider(settings: ChannelSettings) -> Provider:
-    """The provider `settings.provider` names."""
+    """The provider `settings.provider` names; SMTP reads its TONGDA_SMTP_* settings."""
     if settings.provider == "sandbox":
         return EmailSandbox()
-    raise ConfigError(f"unknown email provider {settings.provider!r}")
+    if settings.provider == "smtp":
+        return SmtpProvider(load_smtp_settings())
+    raise ConfigError(
+        f"unknown email provider {settings.provider!r} (TONGDA_PROVIDER): "
+        f"one of {', '.join(PROVIDERS)}"
+    )
