@@ -21,7 +21,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from channel_support import collect, create_topics, dispatch, produce, serving
 from redis.asyncio import Redis
 
 from services.voice.providers import build_provider
@@ -32,11 +34,13 @@ from services.voice.sip.message import parse
 from services.voice.sip.provider import CALLBACK_TEXT, SipProvider
 from services.voice.sip.settings import SipSettings
 from services.voice.sip.tts import Tts
+from shared.channel.app import create_app
 from shared.channel.provider import Accepted, Completed, Inbound, ProviderContext, Receipt
 from shared.config import ChannelSettings
+from shared.contract.codec import decode, dumps
+from shared.contract.models import AttemptOutcome
 from shared.errors import ConfigError
 from shared.templates import Message
-from tests.channel_support import dispatch
 
 pytest_plugins = ["channel_support"]
 
@@ -241,6 +245,27 @@ async def test_answered_call_plays_the_message_and_reads_dtmf(
         [inbound] = sinks.inbound
         assert inbound.from_ == NUMBER and inbound.text == CALLBACK_TEXT
         assert inbound.provider_message_id == f"{receipt.provider_message_id}:dtmf2"
+
+
+async def test_voice_service_over_sip_end_to_end(tmp_path: Path, channel: ChannelSettings) -> None:
+    """The voice service with TONGDA_PROVIDER=sip on the real broker: a dispatch becomes a
+    call; the callee presses 2; the outcome and the call-back inquiry reach their topics."""
+    await create_topics(channel)
+    write_pcap(tmp_path / "dtmf.pcap", dtmf_packets("2"))
+    data = {"loan_id": "L-1", "amount_due": "1200.00", "currency": "CNY", "due_date": "2026-12-01"}
+    d = dispatch("voice", NUMBER, locale="zh-CN", data=data)
+    async with sipp("answer_dtmf", tmp_path, pause_ms=1000) as port:
+        prov = SipProvider(sip_settings(port))
+        async with serving(create_app(channel, prov), channel.http_port):
+            await produce(channel, channel.topics.dispatch("voice"), [(b"c", dumps(d))])
+            inquiries = await collect(channel, channel.topics.inquiries, 1)
+            records = await collect(channel, channel.topics.router_inbox, 1)
+    [outcome] = [decode(r.value, AttemptOutcome) for r in records]
+    assert (outcome.notification_id, outcome.outcome) == (d.notification_id, "delivered")
+    assert outcome.provider == "sip"
+    inquiry = orjson.loads(inquiries[0].value)
+    assert inquiry["schema"] == "inquiry.received/v1"
+    assert (inquiry["channel"], inquiry["text"]) == ("voice", CALLBACK_TEXT)
 
 
 async def test_callee_hangs_up_with_pcma(
