@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         services=services,
         ready_timeout_s=args.ready_timeout,
-        sandbox_time_scale=args.time_scale,
+        time_scale=args.time_scale,
+        clock_start=args.clock_start,
+        sandbox_time_scale=args.sandbox_time_scale,
+        policy_preset=args.policy,
         log_format=args.log_format,
         plans_path=args.plans,
         detached=True,
@@ -200,7 +204,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(SERVICES)}; '' for broker + Redis only",
     )
     up.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S)
-    up.add_argument("--time-scale", type=float, default=None, help="TONGDA_SANDBOX_TIME_SCALE")
+    up.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="real seconds per simulated second for every service's clock, scheduled delays "
+        "and the sandbox (0.01: a 15-minute call-back after 9 s)",
+    )
+    up.add_argument(
+        "--clock-start",
+        type=datetime.fromisoformat,
+        default=None,
+        help="start the simulated clock at this instant, e.g. 2026-11-23T22:30:00+08:00",
+    )
+    up.add_argument(
+        "--sandbox-time-scale", type=float, default=None, help="the sandbox's delays only"
+    )
+    up.add_argument(
+        "--policy", choices=("cn", "us", "none"), default=None, help="contact-rules preset"
+    )
     up.add_argument("--log-format", choices=("json", "text"), default="json")
     up.add_argument("--plans", type=Path, default=None, help="TONGDA_PLANS_PATH for the router")
     down = sub.add_parser("down", help="stop what `up` started")

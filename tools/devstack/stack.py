@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -46,6 +47,11 @@ class StackOptions:
     log_format: str = "json"
     log_level: str | None = None
     plans_path: Path | None = None
+    policy_preset: str | None = None  # TONGDA_POLICY_PRESET for the router (default: cn)
+    # The stack's clock (shared/clock.py), the same for every service: real seconds per
+    # simulated second, and the simulated instant the stack starts at (None: now).
+    time_scale: float = 1.0
+    clock_start: datetime | None = None
     api_token: str | None = None  # default: a fresh secrets.token_urlsafe()
     extra_env: Mapping[str, str] = field(default_factory=dict)  # every service
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per service
@@ -65,6 +71,7 @@ class Stack:
         self.log_dir = opts.log_dir or opts.run_dir / "logs"
         self.data_dir = opts.data_dir or opts.run_dir / "data"
         self.api_token = opts.api_token or secrets.token_urlsafe(24)
+        self.clock_origin_epoch_s = time.time()
         self.broker = Broker(self.log_dir / "broker.log", detached=opts.detached)
         self.redis = RedisServer(
             self.log_dir / "redis.log", data_dir=self.data_dir / "redis", detached=opts.detached
@@ -112,16 +119,24 @@ class Stack:
         }
         if o.log_level:
             env["TONGDA_LOG_LEVEL"] = o.log_level
+        if o.time_scale != 1.0 or o.clock_start is not None:
+            env["TONGDA_TIME_SCALE"] = repr(o.time_scale)
+            env["TONGDA_CLOCK_ORIGIN_EPOCH_S"] = repr(self.clock_origin_epoch_s)
+            if o.clock_start is not None:
+                env["TONGDA_CLOCK_START"] = o.clock_start.isoformat()
         if name == "router":
             env["TONGDA_API_TOKEN"] = self.api_token
             # faust's datadir: one per stack, never the shared default under /tmp
             env["TONGDA_FAUST_DATADIR"] = str(self.data_dir.resolve() / "router")
             if o.plans_path:
                 env["TONGDA_PLANS_PATH"] = str(o.plans_path.resolve())
+            if o.policy_preset:
+                env["TONGDA_POLICY_PRESET"] = o.policy_preset
         else:
             env["TONGDA_CHANNEL"] = name
-            if o.sandbox_time_scale is not None:
-                env["TONGDA_SANDBOX_TIME_SCALE"] = repr(o.sandbox_time_scale)
+            scale = o.sandbox_time_scale if o.sandbox_time_scale is not None else o.time_scale
+            if scale != 1.0:
+                env["TONGDA_SANDBOX_TIME_SCALE"] = repr(scale)
         env.update(o.extra_env)
         env.update(o.service_env.get(name, {}))
         return env
