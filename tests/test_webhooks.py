@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,7 +26,6 @@ from services.voice.twilio import TwilioVoice
 from shared.addresses import address_hash
 from shared.channel.twilio import TwilioSettings
 from shared.channel.webhooks import (
-    TokenBucket,
     TwilioWebhooks,
     twilio_signature,
     twiml,
@@ -94,17 +92,6 @@ def test_signature_matches_twilios_published_example() -> None:
     assert not valid_twilio_signature("12345", url + "&x=1", params.items(), expected)
     assert not valid_twilio_signature("54321", url, params.items(), expected)
     assert not valid_twilio_signature("12345", url, params.items(), None)
-
-
-def test_token_bucket_allows_a_burst_then_the_rate() -> None:
-    now = [100.0]
-    bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: now[0])
-    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert bucket.take() == pytest.approx(0.5)  # one token every 0.5 s
-    now[0] += 0.5
-    assert bucket.take() == 0.0
-    now[0] += 10
-    assert [bucket.take() for _ in range(4)][-1] == pytest.approx(0.5)  # refilled to 3 only
 
 
 async def test_bad_or_missing_signatures_get_403_and_do_nothing(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.channel.http_provider import (
@@ -53,8 +53,8 @@ class TwilioSettings(BaseSettings):
     # sees differs, and the signature covers the URL Twilio used. Required.
     public_url: str = ""
     request_timeout_s: float = 10.0
-    webhook_rate_per_s: float = 50.0  # each webhook route, per process (token bucket)
-    webhook_burst: int = 100
+    webhook_rate_per_s: float = Field(50.0, gt=0)  # each webhook route, all replicas (Redis)
+    webhook_burst: int = Field(100, ge=1)
     replay_ttl_s: int = 7 * 24 * 3600  # how long a callback already handled is remembered
 
     def token(self) -> SecretStr:

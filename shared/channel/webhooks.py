@@ -3,8 +3,9 @@
 Every Twilio webhook route (SMS status and inbound, voice status and inbound) is built by
 `TwilioWebhooks.route`, which, in this order:
 
-1. rate-limits the route with a token bucket per process: past the limit it answers 429
-   with `Retry-After` before reading the body (Twilio retries; nothing is lost);
+1. rate-limits the route with a token bucket in Redis shared by every replica
+   (shared/channel/ratelimit.py): past the limit it answers 429 with `Retry-After` before
+   reading the body (Twilio retries; nothing answered 2xx is lost);
 2. checks `X-Twilio-Signature`: base64(HMAC-SHA1(auth token, URL + the POST parameters
    sorted by name, each name followed by its value)), over the URL as Twilio called it
    (`TONGDA_TWILIO_PUBLIC_URL` + path and query); missing or wrong → 403, nothing done;
@@ -21,12 +22,12 @@ import hashlib
 import hmac
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiohttp import web
 from redis.asyncio import Redis
 
+from shared.channel.ratelimit import RateLimited, TokenBucket
 from shared.channel.twilio import TwilioSettings
 from shared.http import json_error
 
@@ -64,29 +65,6 @@ def twiml(body: str = EMPTY_TWIML) -> web.Response:
     return web.Response(text=body, content_type="text/xml")
 
 
-class TokenBucket:
-    """`rate` requests per second on average, `burst` at once; in memory, per process."""
-
-    def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.clock = clock
-        self._tokens = float(burst)
-        self._at = clock()
-
-    def take(self) -> float:
-        """Take one token: 0.0 when allowed, else the seconds until one is available."""
-        now = self.clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / self.rate if self.rate > 0 else 60.0
-
-
 class ReplayGuard:
     """Remembers callbacks already handled, by provider, provider id and status."""
 
@@ -118,11 +96,31 @@ class TwilioWebhooks:
         self.provider = provider
         self._token: str | None = None
         self._guard: ReplayGuard | None = None
+        self._redis: Redis | None = None
+        self._key_prefix = ""
+        self._buckets: dict[str, TokenBucket] = {}
 
     def start(self, auth_token: str, redis: Redis, key_prefix: str) -> None:
         """Called from the provider's start(): routes answer 503 until then."""
         self._token = auth_token
         self._guard = ReplayGuard(redis, key_prefix, self.settings.replay_ttl_s)
+        self._redis, self._key_prefix = redis, key_prefix
+
+    def bucket(self, path: str) -> TokenBucket:
+        """The route's rate limit, in Redis, shared by every replica."""
+        bucket = self._buckets.get(path)
+        if bucket is None:
+            if self._redis is None:
+                raise RuntimeError("webhooks used before start()")
+            bucket = TokenBucket(
+                self._redis,
+                f"{self._key_prefix}webhook:rate:{self.provider}:{path}",
+                self.settings.webhook_rate_per_s,
+                self.settings.webhook_burst,
+                max_wait_s=0.0,
+            )
+            self._buckets[path] = bucket
+        return bucket
 
     def signed_url(self, request: web.Request) -> str:
         """The URL Twilio signed: the configured public URL with the request's path and query
@@ -137,15 +135,15 @@ class TwilioWebhooks:
         required: Sequence[str] = (),
     ) -> web.RouteDef:
         """`POST path`, guarded as the module describes."""
-        bucket = TokenBucket(self.settings.webhook_rate_per_s, self.settings.webhook_burst)
 
         async def guarded(request: web.Request) -> web.StreamResponse:
-            wait = bucket.take()
-            if wait > 0:
-                return _too_many(wait)
             token, guard = self._token, self._guard
             if token is None or guard is None:
                 return json_error(503, "not_ready", "the provider is starting")
+            try:
+                await self.bucket(path).reserve()
+            except RateLimited:
+                return _too_many(1.0 / self.settings.webhook_rate_per_s)
             pairs = await _form_pairs(request)
             if pairs is None:
                 return json_error(400, "malformed_form", "expected a form-encoded body")
