@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,10 @@ from shared.contract.models import Channel, Dispatch
 from shared.errors import ConfigError
 from shared.templates import (
     CHANNELS,
-    Catalog,
     MissingVariable,
     TemplateValueError,
     catalog,
-    load_catalog,
+    check_templates,
     log_template_report,
     missing_variables,
     render,
@@ -43,6 +42,7 @@ from shared.templates import (
     resolve_locale,
     sms_segments,
     template_report,
+    use_templates,
 )
 from shared.templates.__main__ import main as templates_cli
 from shared.templates.rendering import html_environment, sample, text_environment
@@ -288,16 +288,16 @@ def test_only_marketing_email_gets_the_unsubscribe_line(category: str) -> None:
 
 
 def test_footer_categories_come_from_the_data(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    package = copy_templates(tmp_path, monkeypatch)
-    config = package / "config.yaml"
+    directory = copy_templates(tmp_path)
+    config = directory / "config.yaml"
     text = config.read_text("utf-8")
     config.write_text(
         text.replace("categories: [marketing, reminder, collection]", "categories: [verification]"),
         "utf-8",
     )
-    use(load_catalog(package.name), monkeypatch)
+    use_templates(directory)
     data = {"loan_id": "L-1"}
     assert render("missed_call", "en-US", data, "sms", "verification").body.endswith("opt out.")
     assert "STOP" not in render("repayment_due", "en-US", LOAN, "sms", "reminder").body
@@ -318,15 +318,15 @@ def test_html_part_escapes_data_and_the_text_part_does_not() -> None:
 
 
 def test_an_own_html_part_is_rendered_with_autoescape(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    package = copy_templates(tmp_path, monkeypatch)
-    with (package / "en-US.yaml").open("a", encoding="utf-8") as f:
+    directory = copy_templates(tmp_path)
+    with (directory / "en-US.yaml").open("a", encoding="utf-8") as f:
         f.write(
             "\npromo:\n  sms: '{{ text }}'\n  email:\n    subject: Offer\n    text: '{{ text }}'\n"
             "    html: '<p><a href=\"https://example.com/offer\">{{ text }}</a></p>'\n"
         )
-    use(load_catalog(package.name), monkeypatch)
+    use_templates(directory)
     html = render("promo", "en-US", {"text": "<img src=x onerror=alert(1)>"}, "email").html
     assert html is not None
     assert '<a href="https://example.com/offer">&lt;img src=x onerror=alert(1)&gt;</a>' in html
@@ -432,24 +432,38 @@ def test_channel_services_check_the_templates_at_start_up(
     assert over and all(m.endswith("segments: over the maximum (max 1)") for m in over)
 
 
+def test_an_operators_templates_directory_replaces_the_shipped_one(tmp_path: Path) -> None:
+    directory = copy_templates(tmp_path)
+    config = directory / "config.yaml"
+    config.write_text(config.read_text("utf-8").replace("通达金融", "示例银行"), "utf-8")
+    check_message_templates(ChannelSettings(channel="push", templates_path=directory))
+    assert render("otp", "zh-CN", {"code": "1"}, "sms").body.startswith("【示例银行】")
+    with pytest.raises(ConfigError, match=r"config\.yaml: cannot read"):
+        check_message_templates(ChannelSettings(channel="sms", templates_path=tmp_path / "no"))
+
+
 def test_report_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert templates_cli([]) == 0
     out = capsys.readouterr().out
     assert "sms survey zh-CN (transactional): UCS-2" in out
     assert out.rstrip().endswith("SMS templates, 0 over 3 segments")
     assert templates_cli(["--max-segments", "1"]) == 1
+    assert templates_cli(["--templates", "/nonexistent"]) == 2
+    assert "invalid templates: /nonexistent/config.yaml: cannot read" in capsys.readouterr().err
 
 
 def test_a_sample_lacking_a_variable_is_reported_not_fatal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    package = copy_templates(tmp_path, monkeypatch)
-    with (package / "en-US.yaml").open("a", encoding="utf-8") as f:
+    directory = copy_templates(tmp_path)
+    with (directory / "en-US.yaml").open("a", encoding="utf-8") as f:
         f.write("\nnew_type:\n  sms: '{{ balance }}'\n  email: {subject: s, text: t}\n")
-    use(load_catalog(package.name), monkeypatch)
+    use_templates(directory)
     warning = next(line for line in template_report(3) if "new_type" in line)
-    assert warning == "WARNING sms new_type en-US: not measured: missing variable 'balance' " \
+    assert (
+        warning == "WARNING sms new_type en-US: not measured: missing variable 'balance' "
         "(template new_type, sms, en-US)"
+    )
     # a template only the default locale has is taken from it in the other locales
     assert render("new_type", "zh-CN", {"balance": "9"}, "sms").body == "【通达金融】9"
     assert render("new_type", "zh-CN", {"balance": "9"}, "push").subject == "s"
@@ -462,27 +476,25 @@ def test_a_sample_lacking_a_variable_is_reported_not_fatal(
     ("file", "find", "replace", "error"),
     [
         ("en-US.yaml", "survey:\n  sms:", "survey:\n  fax:", r"en-US.yaml: survey: (sms|fax)"),
-        ("zh-CN.yaml", "  voice: \"您好，这里是{{ brand.name }}。{{ text", "  fax: \"", "generic"),
+        ("zh-CN.yaml", '  voice: "您好，这里是{{ brand.name }}。{{ text', '  fax: "', "generic"),
         ("config.yaml", "  zh-CN:\n    name: 通达金融", "  zz:\n    name: x", "brand: no entry"),
-        ("en-US.yaml", "Never share it with anyone.\"", "{% if %}\"", "line 1"),
+        ("en-US.yaml", 'Never share it with anyone."', '{% if %}"', "line 1"),
     ],
 )
 def test_invalid_template_files_are_refused_naming_the_place(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     file: str,
     find: str,
     replace: str,
     error: str,
 ) -> None:
-    package = copy_templates(tmp_path, monkeypatch)
-    path = package / file
+    path = copy_templates(tmp_path) / file
     text = path.read_text("utf-8")
     assert find in text
     path.write_text(text.replace(find, replace, 1), "utf-8")
     with pytest.raises(ConfigError, match=error):
-        use(load_catalog(package.name), monkeypatch)
-        render_module.check_templates()
+        use_templates(path.parent)
+        check_templates()
 
 
 # --- the worker --------------------------------------------------------------------------
@@ -537,20 +549,17 @@ async def test_the_worker_fails_an_attempt_naming_the_missing_variable(redis: Re
 # --- helpers -------------------------------------------------------------------------------
 
 
-def copy_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the shipped template files as an importable package of its own."""
-    package = tmp_path / f"templates_{uuid.uuid4().hex[:8]}"
-    package.mkdir()
-    (package / "__init__.py").write_text("", "utf-8")
-    shipped = Path(render_module.__file__).parent
-    for source in shipped.glob("*.yaml"):
-        shutil.copy(source, package / source.name)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, package.name, raising=False)
-    return package
+def copy_templates(tmp_path: Path) -> Path:
+    """A copy of the shipped template files in a directory of its own."""
+    directory = tmp_path / "templates"
+    directory.mkdir()
+    for source in Path(render_module.__file__).parent.glob("*.yaml"):
+        shutil.copy(source, directory / source.name)
+    return directory
 
 
-def use(custom: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Render with `custom` instead of the shipped catalog for the rest of the test."""
-    monkeypatch.setattr(render_module, "catalog", lambda: custom)
-    monkeypatch.setattr("shared.templates.report.catalog", lambda: custom)
+@pytest.fixture(autouse=True)
+def shipped_templates_afterwards() -> Iterator[None]:
+    """Whatever a test loads with use_templates(), the next one renders the shipped ones."""
+    yield
+    use_templates(None)

@@ -25,7 +25,7 @@ from shared.http import (
 )
 from shared.http import redis_check as ping_redis
 from shared.logging import setup_logging
-from shared.templates import check_templates, log_template_report
+from shared.templates import check_templates, log_template_report, use_templates
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def channel_settings(channel: Channel) -> ChannelSettings:
 
 def check_message_templates(settings: ChannelSettings) -> None:
     """Load the templates (ConfigError if invalid); on sms, log every template's segments."""
+    use_templates(settings.templates_path)
     if settings.channel == "sms":
         log_template_report(log, settings.max_sms_segments)  # checks them first
     else:

@@ -4,7 +4,7 @@ Templates are data (config.yaml and one <locale>.yaml per locale in this package
 sandboxed Jinja2 with strict undefined variables; see docs/templates.md.
 """
 
-from shared.templates.catalog import GENERIC, Catalog, catalog, load_catalog
+from shared.templates.catalog import GENERIC, Catalog, catalog, load_catalog, use_templates
 from shared.templates.rendering import (
     CHANNELS,
     Message,
@@ -37,4 +37,5 @@ __all__ = [
     "resolve_locale",
     "sms_segments",
     "template_report",
+    "use_templates",
 ]

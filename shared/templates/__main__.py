@@ -1,12 +1,15 @@
-"""`python -m shared.templates [--max-segments N]`: check every template and print the SMS
-report; exit 1 when an SMS template is over the maximum (2 when the files are invalid)."""
+"""`python -m shared.templates [--max-segments N] [--templates DIR]`: check every template and
+print the SMS report; exit 1 when an SMS template is over the maximum (2 when the files are
+invalid)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from shared.errors import ConfigError
+from shared.templates.catalog import use_templates
 from shared.templates.report import sms_report
 
 
@@ -15,8 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-segments", type=int, default=3, help="warn above this many segments (default 3)"
     )
+    parser.add_argument(
+        "--templates", type=Path, help="a templates directory (default: the shipped templates)"
+    )
     args = parser.parse_args(argv)
     try:
+        use_templates(args.templates)
         lines = sms_report(args.max_segments)
     except ConfigError as exc:
         print(f"invalid templates: {exc}", file=sys.stderr)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
@@ -107,24 +109,35 @@ class Catalog:
         return found or self.templates[self.config.default_locale][name]
 
 
-def load_catalog(package: str = __package__ or "shared.templates") -> Catalog:
-    """Read and check the template files shipped in `package`; ConfigError names the file."""
-    root = resources.files(package)
-    config = _parse(root.joinpath("config.yaml").read_text("utf-8"), "config.yaml", CatalogConfig)
-    templates: dict[str, dict[str, TemplateSet]] = {}
-    for entry in sorted(root.iterdir(), key=lambda e: e.name):
-        if entry.name == "config.yaml" or not LOCALE_FILE.match(entry.name):
-            continue
-        raw = yaml.safe_load(entry.read_text("utf-8")) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{entry.name}: expected a mapping of template names")
-        locale = entry.name.removesuffix(".yaml")
-        templates[locale] = {
-            str(name): _parse_obj(body, f"{entry.name}: {name}", TemplateSet)
-            for name, body in raw.items()
-        }
+def load_catalog(directory: Path | None = None) -> Catalog:
+    """Read and check the template files in `directory` (None: those shipped in this package);
+    ConfigError names the file and the place."""
+    root: Traversable = directory if directory is not None else resources.files("shared.templates")
+    where = f"{directory}/" if directory is not None else ""
+    try:
+        config = _parse(_read(root, "config.yaml"), f"{where}config.yaml", CatalogConfig)
+        templates: dict[str, dict[str, TemplateSet]] = {}
+        for entry in sorted(root.iterdir(), key=lambda e: e.name):
+            if entry.name == "config.yaml" or not LOCALE_FILE.match(entry.name):
+                continue
+            raw = yaml.safe_load(_read(root, entry.name)) or {}
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}{entry.name}: expected a mapping of template names")
+            templates[entry.name.removesuffix(".yaml")] = {
+                str(name): _parse_obj(body, f"{where}{entry.name}: {name}", TemplateSet)
+                for name, body in raw.items()
+            }
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from None
     _check(config, templates)
     return Catalog(config, templates)
+
+
+def _read(root: Traversable, name: str) -> str:
+    try:
+        return root.joinpath(name).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{root}/{name}: cannot read: {exc.strerror or exc}") from None
 
 
 def _check(config: CatalogConfig, templates: dict[str, dict[str, TemplateSet]]) -> None:
@@ -159,7 +172,22 @@ def _parse_obj(raw: object, where: str, model: type[M]) -> M:
         raise ConfigError(f"{where}: {field}: {first['msg']}") from None
 
 
+_active: list[Catalog] = []  # the catalog in use: set by use_templates(), else the shipped one
+
+
 @cache
-def catalog() -> Catalog:
-    """The shipped catalog, loaded on first use."""
+def _shipped() -> Catalog:
     return load_catalog()
+
+
+def use_templates(directory: Path | None) -> Catalog:
+    """Load the templates of `directory` (None: the shipped ones), check them and render with
+    them from now on (`TONGDA_TEMPLATES_PATH`, at a service's start)."""
+    loaded = load_catalog(directory) if directory is not None else _shipped()
+    _active[:] = [loaded]
+    return loaded
+
+
+def catalog() -> Catalog:
+    """The catalog in use; the shipped one unless use_templates() chose another."""
+    return _active[0] if _active else _shipped()
