@@ -14,19 +14,16 @@ import re
 from dataclasses import dataclass
 
 from services.sms.smpp.pdu import DC_DEFAULT, DC_LATIN1, DC_UCS2, ESM_UDHI
+from shared.templates.sms import GSM7_EXTENSION_CODES, GSM7_TABLE, LIMITS
 
-GSM_BASIC = (
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM_EXTENSION = {"\x0c": 0x0A, "^": 0x14, "{": 0x28, "}": 0x29, "\\": 0x2F, "[": 0x3C,
-                 "~": 0x3D, "]": 0x3E, "|": 0x40, "€": 0x65}  # fmt: skip
+GSM_BASIC = GSM7_TABLE  # one definition of the alphabet: shared/templates/sms.py
+GSM_EXTENSION = GSM7_EXTENSION_CODES
 _BASIC_INDEX = {ch: i for i, ch in enumerate(GSM_BASIC) if ch != "\x1b"}
 _EXTENSION_CHAR = {code: ch for ch, code in GSM_EXTENSION.items()}
 ESCAPE = 0x1B
 
-GSM_SINGLE, GSM_PART = 160, 153
-UCS2_SINGLE, UCS2_PART = 70, 67  # in UTF-16 code units (two octets each)
+GSM_SINGLE, GSM_PART = LIMITS["GSM-7"]
+UCS2_SINGLE, UCS2_PART = LIMITS["UCS-2"]  # in UTF-16 code units (two octets each)
 MAX_PARTS = 255
 
 
