@@ -335,10 +335,16 @@ async def test_invalid_destination_is_rejected_at_once(started: Any) -> None:
     assert "ESME_RINVDSTADR" in (result.detail or "")
 
 
-async def test_throttled_submit_is_resubmitted(started: Any, smsc: TestSmsc) -> None:
-    provider, sink = await started(rate_per_s=200)
+@pytest.mark.parametrize("rate", [200.0, 0.0], ids=["shared-bucket", "no-bucket"])
+async def test_throttled_submit_is_resubmitted_after_a_pause(
+    started: Any, smsc: TestSmsc, rate: float
+) -> None:
+    provider, sink = await started(rate_per_s=rate, throttle_backoff_s=0.2)
     smsc.throttle = 2
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     result = await provider.send(dispatch("sms", "+8613800138001"), sms("hello"))
+    assert loop.time() - began >= 0.35  # two pauses of 0.2 s (less the bucket's rounding)
     assert isinstance(result, Accepted)
     assert smsc.throttled == 2
     assert [s.status for s in smsc.submits] == [pdu.ESME_ROK]

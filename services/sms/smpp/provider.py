@@ -111,6 +111,7 @@ class SmppProvider(Provider):
         self._stop = asyncio.Event()
         self._keepers: list[asyncio.Task[None]] = []
         self._next = 0
+        self._paused_until = 0.0  # loop time; throttled without a shared bucket
         self._parts: OrderedDict[str, Part] = OrderedDict()
         self._mo_parts: OrderedDict[tuple[str, int, int], dict[int, str]] = OrderedDict()
 
@@ -262,6 +263,10 @@ class SmppProvider(Provider):
         while True:
             if self.bucket is not None:
                 await self.bucket.acquire()
+            else:
+                hold = self._paused_until - asyncio.get_running_loop().time()
+                if hold > 0:
+                    await asyncio.sleep(hold)
             session = await self._session()
             resp = await session.submit(sm, register)
             if resp.status not in THROTTLING_STATUSES:
@@ -270,8 +275,9 @@ class SmppProvider(Provider):
             log.info("smpp throttled (%s); pausing", status_name(resp.status))
             if self.bucket is not None:
                 await self.bucket.pause(self.settings.throttle_backoff_s)
-            else:
-                await asyncio.sleep(self.settings.throttle_backoff_s)
+            else:  # no shared bucket: hold this replica's submits
+                loop = asyncio.get_running_loop()
+                self._paused_until = loop.time() + self.settings.throttle_backoff_s
 
     def _remember(self, message_id: str, part: Part) -> None:
         self._parts[message_id] = part
