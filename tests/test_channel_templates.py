@@ -249,6 +249,25 @@ def test_missing_variables_over_the_plans_channels() -> None:
     assert missing_variables("repayment_due", [], "en-US", {}) == []
 
 
+@pytest.mark.parametrize(
+    ("source", "required"),
+    [
+        ("{{ a }}{{ b | default('') }}", {"a"}),
+        ("{% if a is defined %}{{ a }}{% else %}{{ b }}{% endif %}", {"b"}),
+        ("{% if a is defined and b is defined %}{{ a ~ b }}{% endif %}", set()),
+        ("{% if a is defined and a > 1 %}{{ a }}{% endif %}", set()),
+        ("{% if a %}{{ b }}{% endif %}", {"a", "b"}),
+        ("{{ a if a is defined else c }}", {"c"}),
+        ("{% set x = d | default(none) %}{% if x %}{{ x | money(e) }}{% endif %}", {"e"}),
+        ("{% for i in items %}{{ i }}{% endfor %}", {"items"}),
+    ],
+)
+def test_required_means_used_outside_a_guard(source: str, required: set[str]) -> None:
+    assert render_module._required(source, False) == required
+    data: dict[str, Any] = {k: "2" for k in required} | {"e": "CNY", "items": [1]}
+    text_environment().from_string(source).render({k: data[k] for k in required})
+
+
 def test_a_missing_attribute_is_named_too() -> None:
     template = text_environment().from_string("{{ brand.slogan }}")
     with pytest.raises(MissingVariable, match="'slogan'"):

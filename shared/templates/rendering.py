@@ -377,6 +377,10 @@ def _used(node: nodes.Node, guarded: frozenset[str]) -> Iterator[str]:
         for other in [*node.elif_, *node.else_]:
             yield from _used(other, guarded)
         return
+    if isinstance(node, nodes.And):  # `x is defined and x > 0`: the right side is guarded
+        yield from _used(node.left, guarded)
+        yield from _used(node.right, guarded | _defined_by(node.left))
+        return
     if isinstance(node, nodes.CondExpr):
         yield from _used(node.test, guarded)
         yield from _used(node.expr1, guarded | _defined_by(node.test))
