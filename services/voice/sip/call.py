@@ -130,7 +130,7 @@ class SipCall:
             self.rtp.close()
 
     def _abandon(self) -> None:
-        """Cancelled mid-call (shutdown): a best-effort CANCEL or BYE, not waited for."""
+        """Stopped while ringing (shutdown): a best-effort CANCEL, not waited for."""
         if self.state == "early" and self._invite is not None:
             self.endpoint.send(self._cancel_for(self._invite))
         self.state = "terminated"
