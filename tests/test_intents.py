@@ -353,12 +353,12 @@ def _broken(shipped: dict[str, Any], change: str) -> dict[str, Any]:
     [
         ("regex", "intents.fraud.patterns.en.0"),
         ("unknown_field", "intents.fraud.keyword"),
-        ("missing_intent", "'hardship' is missing"),
-        ("wrong_tier", "'fraud' must be tier 'urgent'"),
+        ("missing_intent", "intents: Value error, the contract's intent 'hardship' is missing"),
+        ("wrong_tier", "intents: Value error, intent 'fraud' must be tier 'urgent'"),
         ("bad_tier", "intents.fraud.tier"),
         ("reserved", "intents.other"),
         ("no_rule", "intents.empty"),
-        ("opt_clash", "keywords"),
+        ("opt_clash", "keywords: Value error, 'STOP' is in both opt_out and opt_in"),
         ("score", "feedback.scores.6"),
     ],
 )

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from services.router.intents.normalize import whole
 from shared.contract.codec import describe_validation_error
@@ -118,15 +126,16 @@ class RuleBook(_Frozen):
     # Order matters: within a tier, an intent listed earlier wins.
     intents: dict[IntentName, IntentRule] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _contract_intents(self) -> RuleBook:
+    @field_validator("intents")
+    @classmethod
+    def _contract_intents(cls, intents: dict[str, IntentRule]) -> dict[str, IntentRule]:
         for name, tier in CONTRACT_TIERS.items():
-            rule = self.intents.get(name)
+            rule = intents.get(name)
             if rule is None:
                 raise ValueError(f"the contract's intent {name!r} is missing")
             if rule.tier != tier:
                 raise ValueError(f"intent {name!r} must be tier {tier!r}, not {rule.tier!r}")
-        return self
+        return intents
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
