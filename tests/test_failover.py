@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from channel_support import dispatch
+from channel_support import collect, create_topics, dispatch, produce, serving
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -17,6 +17,7 @@ from services.sms.providers import SmsSandbox, build_provider
 from services.sms.smpp.provider import SmppProvider
 from services.sms.smpp.settings import SmppSettings
 from services.sms.smpp.testsmsc import TestSmsc
+from shared.channel.app import create_app
 from shared.channel.failover import (
     BreakerState,
     CircuitBreaker,
@@ -34,8 +35,11 @@ from shared.channel.provider import (
     SendResult,
 )
 from shared.config import ChannelSettings
-from shared.contract.models import Dispatch
+from shared.contract.codec import decode, dumps
+from shared.contract.models import AttemptOutcome, Dispatch
 from shared.errors import ConfigError
+
+pytest_plugins = ["channel_support"]
 
 SETTINGS = FailoverSettings(
     failures=3, window=10, ratio=0.5, min_calls=6, cooldown_s=30.0, attempt_timeout_s=0.3
@@ -339,3 +343,37 @@ async def test_a_failed_start_closes_the_providers_already_started(redis: Redis)
     with pytest.raises(ConnectionError):
         await failover.start(context(redis, Sink()))
     assert first.closed
+
+
+async def test_in_the_sms_service_outcomes_name_the_provider_that_took_the_send(
+    make_settings: Callable[..., ChannelSettings],
+) -> None:
+    s = make_settings("sms", provider="smpp,sandbox")
+    await create_topics(s)
+    smsc = TestSmsc(password="pw")
+    await smsc.start()
+    smpp = SmppProvider(
+        SmppSettings(port=smsc.port, system_id="tongda", password="pw", bind_wait_s=0.1)
+    )
+    chain = FailoverProvider([smpp, SmsSandbox()], SETTINGS, Clock())
+    data = {"loan_id": "L-1", "amount_due": "1200.00", "currency": "CNY", "due_date": "2026-11-25"}
+    first = dispatch("sms", "+8613800130001", data=data)
+    second = dispatch("sms", "+8613800130001", data=data, customer_id=first.customer_id)
+    try:
+        async with serving(create_app(s, chain), s.http_port):
+            await smpp.wait_bound(5.0)
+            await produce(s, s.topics.dispatch("sms"), [(first.customer_id.encode(), dumps(first))])
+            await collect(s, s.topics.router_inbox, 1)
+            await smsc.stop()  # the SMSC goes away: the sandbox takes the next send
+            await produce(
+                s, s.topics.dispatch("sms"), [(second.customer_id.encode(), dumps(second))]
+            )
+            records = await collect(s, s.topics.router_inbox, 2)
+    finally:
+        await smsc.stop()
+    outcomes = {o.notification_id: o for o in (decode(r.value, AttemptOutcome) for r in records)}
+    assert {o.provider for o in outcomes.values()} == {"smpp+sandbox-sms"}
+    assert outcomes[first.notification_id].outcome == "delivered"
+    assert (outcomes[first.notification_id].provider_message_id or "").startswith("smpp:")
+    assert outcomes[second.notification_id].outcome == "delivered"
+    assert (outcomes[second.notification_id].provider_message_id or "").startswith("sandbox-sms:")
