@@ -181,3 +181,9 @@ VOICE_OUTCOMES_BY_HOUR = Counter(
     "Voice attempt outcomes by the borrower's local hour of the call (0-23).",
     ["outcome", "hour"],
 )
+WEBHOOK_CALLBACKS = Counter(
+    "tongda_webhook_callbacks_total",
+    "Provider webhook requests, by provider, route and result (handled, replay, "
+    "bad_signature, rate_limited).",
+    ["provider", "route", "result"],
+)

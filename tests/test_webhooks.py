@@ -162,6 +162,8 @@ async def test_replayed_callbacks_are_no_ops(make_settings: MakeSettings) -> Non
         callbacks = await fake.wait_callbacks(3)  # queued, sent, delivered
         delivered = next(c for c in callbacks if c.params["MessageStatus"] == "delivered")
         before = REGISTRY.get_sample_value("tongda_unmatched_receipts_total", unmatched) or 0
+        replays = {"provider": "twilio", "route": "/twilio/sms/status", "result": "replay"}
+        replays_before = REGISTRY.get_sample_value("tongda_webhook_callbacks_total", replays)
         replay = await fake.post(delivered.url, delivered.params)
 
         inbound = inbound_sms("+8613800138000", "I paid already")
@@ -170,10 +172,12 @@ async def test_replayed_callbacks_are_no_ops(make_settings: MakeSettings) -> Non
         outcomes = await read_all(s, s.topics.router_inbox)
         inquiries = await read_all(s, s.topics.inquiries)
         after = REGISTRY.get_sample_value("tongda_unmatched_receipts_total", unmatched) or 0
+        replays_after = REGISTRY.get_sample_value("tongda_webhook_callbacks_total", replays)
     assert (replay.status, first.status, again.status) == (200, 200, 200)
     mine = [o for o in (decode(r.value, AttemptOutcome) for r in outcomes)]
     assert [o.outcome for o in mine if o.notification_id == d.notification_id] == ["delivered"]
     assert after == before  # the replay never reached the receipt book
+    assert replays_after == (replays_before or 0) + 1
     assert len(inquiries) == 1
 
 

@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from shared.channel.ratelimit import RateLimited, TokenBucket
 from shared.channel.twilio import TwilioSettings
 from shared.http import json_error
+from shared.metrics import WEBHOOK_CALLBACKS
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 Params = dict[str, str]
 WebhookHandler = Callable[[Params], Awaitable[web.Response]]
-# The (sid, status) a callback is deduplicated by; None when the callback has no sid.
-DedupeKey = Callable[[Params], tuple[str, str] | None]
+# The (sid, status) a callback is deduplicated by.
+DedupeKey = Callable[[Params], tuple[str, str]]
 
 
 def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
@@ -135,6 +136,10 @@ class TwilioWebhooks:
         required: Sequence[str] = (),
     ) -> web.RouteDef:
         """`POST path`, guarded as the module describes."""
+        counted = {
+            result: WEBHOOK_CALLBACKS.labels(provider=self.provider, route=path, result=result)
+            for result in ("handled", "replay", "bad_signature", "rate_limited")
+        }
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             token, guard = self._token, self._guard
@@ -143,6 +148,7 @@ class TwilioWebhooks:
             try:
                 await self.bucket(path).reserve()
             except RateLimited:
+                counted["rate_limited"].inc()
                 return _too_many(1.0 / self.settings.webhook_rate_per_s)
             pairs = await _form_pairs(request)
             if pairs is None:
@@ -150,6 +156,7 @@ class TwilioWebhooks:
             if not valid_twilio_signature(
                 token, self.signed_url(request), pairs, request.headers.get(SIGNATURE_HEADER)
             ):
+                counted["bad_signature"].inc()
                 log.warning("webhook refused: bad or missing signature", extra={"route": path})
                 return json_error(403, "forbidden", f"missing or invalid {SIGNATURE_HEADER}")
             params = dict(pairs)
@@ -157,16 +164,17 @@ class TwilioWebhooks:
             if missing:
                 return json_error(400, "invalid_fields", f"missing {', '.join(missing)}")
             key = dedupe(params)
-            if key is None:
-                return await handler(params)
             if not await guard.claim(self.provider, *key):
+                counted["replay"].inc()
                 log.info("replayed callback ignored", extra={"route": path, "sid": key[0]})
                 return twiml()
             try:
-                return await handler(params)
+                answer = await handler(params)
             except BaseException:
                 await guard.release(self.provider, *key)
                 raise
+            counted["handled"].inc()
+            return answer
 
         return web.post(path, guarded)
 
