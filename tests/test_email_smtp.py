@@ -37,6 +37,7 @@ from channel_support import (
 )
 from redis.asyncio import Redis
 
+from services.email.bounces import Bounce, Ignored, Reply, classify, strip_quoted
 from services.email.compose import message_ref
 from services.email.intake import SIGNATURE_HEADER, WEBHOOK_PATH, signature
 from services.email.providers import build_provider
@@ -398,6 +399,15 @@ async def test_untrusted_certificate_is_failed(
         assert not r.received
 
 
+async def test_starttls_required_from_a_relay_without_it_is_failed(started: Started) -> None:
+    async with relay() as r:  # offers no STARTTLS: no plaintext fallback
+        provider, _ = await started(smtp_settings(r.port, security="starttls"))
+        result = await provider.send(dispatch("email", "a@example.com"), MESSAGE)
+        assert isinstance(result, Completed) and result.outcome == "failed"
+        assert result.detail is not None and "STARTTLS" in result.detail
+        assert not r.received
+
+
 async def test_implicit_tls(started: Started, server_tls: ssl.SSLContext, ca_file: Path) -> None:
     async with relay(implicit_tls=server_tls) as r:
         provider, _ = await started(smtp_settings(r.port, security="tls", ca_file=ca_file))
@@ -535,6 +545,27 @@ async def test_dsn_to_the_listener_bounces_the_right_attempt(started: Started) -
         assert sink.receipts[1].provider_message_id == second.provider_message_id
         assert sink.receipts[1].outcome == "bounced"
         assert len(sink.receipts) == 2
+
+
+def test_dsn_found_by_its_envelope_id_and_replies_classified() -> None:
+    settings = smtp_settings(25)
+    ref = "0123456789abcdef01234567.1.2"
+    found = classify(dsn("postmaster@bank.example", envid=ref), settings)
+    assert isinstance(found, Bounce) and found.ref == ref and found.failed
+    assert found.status == "5.1.1" and found.diagnostic is not None
+    assert isinstance(classify(dsn("x@elsewhere.example"), settings), Bounce)
+    assert classify(dsn("x@elsewhere.example"), settings).ref is None  # type: ignore[union-attr]
+
+    unsubscribe = EmailMessage()
+    unsubscribe["From"] = "li.na@example.com"
+    unsubscribe["Subject"] = f"unsubscribe {ref}"
+    parsed = classify(unsubscribe.as_bytes(), settings, ["reply@bank.example"], "li.na@example.com")
+    assert isinstance(parsed, Reply) and parsed.text == "unsubscribe" and parsed.refs == [ref]
+
+    null_sender = classify(reply("<x@y>", "Delivery failed."), settings, [], "<>")
+    assert isinstance(null_sender, Ignored)
+    outlook = "Paid.\r\n\r\n-----Original Message-----\r\nFrom: Tongda Bank\r\n> old"
+    assert strip_quoted(outlook) == "Paid."
 
 
 async def test_listener_refuses_other_addresses_and_retries_when_publishing_fails(
@@ -697,6 +728,7 @@ def test_missing_and_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPa
         build_provider(ChannelSettings(channel="email", provider="ses"))
 
 
+@pytest.mark.slow  # a process start (3 to 7 s here); build_provider's ConfigError is tested above
 def test_the_service_exits_2_on_a_missing_smtp_setting() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGDA_")} | {
         "TONGDA_PROVIDER": "smtp",

@@ -102,6 +102,5 @@ def build_message(
         mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058
     mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: auto-responders do not answer
     mail.set_content(message.body, subtype="plain", charset="utf-8")
-    html_part: str | None = getattr(message, "html", None)
-    mail.add_alternative(html_part or _html_from_text(message.body), subtype="html")
+    mail.add_alternative(message.html or _html_from_text(message.body), subtype="html")
     return mail

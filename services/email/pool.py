@@ -51,9 +51,12 @@ class SmtpPool:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[SMTP]:
-        """A connected, authenticated client for one message; returned to the pool after."""
+        """A connected, authenticated client for one message; returned to the pool after.
+        Waits for a free connection without limit (the worker's send timeout bounds it);
+        checking or opening one takes at most `timeout_s`."""
         async with self._slots:
-            conn = await self._take()
+            async with asyncio.timeout(self.settings.timeout_s):
+                conn = await self._take()
             try:
                 yield conn.smtp
             except BaseException as exc:
@@ -90,7 +93,11 @@ class SmtpPool:
             validate_certs=s.tls_verify,
             tls_context=self._tls,
         )
-        await smtp.connect()  # EHLO, STARTTLS and AUTH as configured
+        try:
+            await smtp.connect()  # EHLO, STARTTLS and AUTH as configured
+        except BaseException:
+            smtp.close()
+            raise
         self.opened += 1
         log.info("SMTP connection %d opened to %s:%d", self.opened, s.host, s.server_port)
         return _Connection(smtp)

@@ -142,7 +142,7 @@ class SmtpProvider(Provider):
         s = self.settings
         mail = build_message(dispatch, message, ref, s)
         try:
-            async with asyncio.timeout(s.timeout_s), self.pool.connection() as smtp:
+            async with self.pool.connection() as smtp, asyncio.timeout(s.timeout_s):
                 dsn = smtp.supports_extension("dsn")
                 await smtp.send_message(
                     mail,
