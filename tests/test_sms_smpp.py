@@ -523,3 +523,33 @@ async def test_a_long_texts_receipts_reaching_another_replica_resolve_it(
         (result.provider_message_id, "delivered")
     ]
     assert sender_sink.receipts == []
+
+
+async def test_close_does_not_wait_for_a_bind_nobody_answers(
+    redis: Redis, redis_server: str
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the bind, never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = Sink()
+    provider = SmppProvider(
+        SmppSettings(
+            port=port, system_id="tongda", password=PASSWORD, response_timeout_s=30, bind_wait_s=0.2
+        )
+    )
+    provider.close_wait_s = 0.2
+    ctx = ProviderContext(
+        ChannelSettings(redis_url=redis_server), redis, sink.on_receipt, sink.on_inbound
+    )
+    await provider.start(ctx)
+    with pytest.raises(SmppUnavailable):  # bind_wait_s, while the bind is unanswered
+        await provider.send(dispatch("sms", "+8613800138001"), sms("x"))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await provider.close()
+    assert loop.time() - began < 2.0
+    server.close()
+    await server.wait_closed()

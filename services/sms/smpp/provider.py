@@ -67,6 +67,7 @@ MESSAGE_STATES = {2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV", 7: "UN
 
 MEMORY_PARTS_MAX = 100_000
 MO_BUFFER_MAX = 1_000
+CLOSE_WAIT_S = 5.0  # for sessions to unbind at close
 
 # KEYS[1]: the group's hash; ARGV: part id, outcome, total parts, ttl. Returns the attempt's
 # outcome once known (the first part not delivered, or delivered when all parts are), else nil.
@@ -112,6 +113,7 @@ class SmppProvider(Provider):
         self._keepers: list[asyncio.Task[None]] = []
         self._next = 0
         self._paused_until = 0.0  # loop time; throttled without a shared bucket
+        self.close_wait_s = CLOSE_WAIT_S
         self._parts: OrderedDict[str, Part] = OrderedDict()
         self._mo_parts: OrderedDict[tuple[str, int, int], dict[int, str]] = OrderedDict()
 
@@ -208,9 +210,11 @@ class SmppProvider(Provider):
     async def _session(self) -> SmppSession:
         """The bound session with the fewest requests in flight (round robin among equals);
         wait up to `bind_wait_s` for one."""
-        if not self.sessions:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.bind_wait_s
+        while not self.sessions:  # a loop: the session bound may drop before we resume
             try:
-                await asyncio.wait_for(self._bound.wait(), self.settings.bind_wait_s)
+                await asyncio.wait_for(self._bound.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise SmppUnavailable(
                     f"no SMPP session bound within {self.settings.bind_wait_s:g} s"
@@ -366,8 +370,13 @@ class SmppProvider(Provider):
     async def close(self) -> None:
         """Unbind every session and stop rebinding."""
         self._stop.set()
-        if self._keepers:
-            await asyncio.gather(*self._keepers, return_exceptions=True)
+        if not self._keepers:
+            return
+        # a keeper in the middle of a bind to an unresponsive SMSC is not waited for
+        _, binding = await asyncio.wait(self._keepers, timeout=self.close_wait_s)
+        for keeper in binding:
+            keeper.cancel()
+        await asyncio.gather(*self._keepers, return_exceptions=True)
 
 
 def status_name(status: int) -> str:
