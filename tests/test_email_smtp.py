@@ -71,6 +71,14 @@ class Relay:
     sessions: list[SMTP] = field(default_factory=list)
     logins: list[bytes] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    dsn: bool = False  # offer the DSN extension (RFC 3461)
+    rcpt_options: list[list[str]] = field(default_factory=list)
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: Any
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-DSN", responses[-1]] if self.dsn else list(responses)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
@@ -81,6 +89,7 @@ class Relay:
         if local == "defer":
             return "451 4.7.1 greylisted, try again later"
         envelope.rcpt_tos.append(address)
+        self.rcpt_options.append(list(options))
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -103,19 +112,31 @@ class Relay:
         return parsed
 
 
+class DsnSMTP(SMTP):
+    """aiosmtpd taking the DSN parameters of MAIL and RCPT (it implements no DSN itself)."""
+
+    def _getparams(self, params: Any) -> Any:
+        result = super()._getparams(params)
+        for name in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+            if result is not None:
+                result.pop(name, None)
+        return result
+
+
 @asynccontextmanager
 async def relay(
     *,
     starttls: ssl.SSLContext | None = None,
     implicit_tls: ssl.SSLContext | None = None,
     auth: bool = False,
+    dsn: bool = False,
 ) -> AsyncIterator[Relay]:
     """Serve a `Relay` on a free port of 127.0.0.1 for the block."""
-    r = Relay()
+    r = Relay(dsn=dsn)
     loop = asyncio.get_running_loop()
 
     def protocol() -> SMTP:
-        smtp = SMTP(
+        smtp = (DsnSMTP if dsn else SMTP)(
             r,
             hostname="relay.test",
             tls_context=starttls,
@@ -287,6 +308,23 @@ async def test_html_part_from_the_template_is_sent_as_is(started: Started) -> No
         assert parts["text/html"].strip() == html
         assert mail["List-Unsubscribe"] == f"<https://bank.example/u/{result.provider_message_id}>"
         assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+async def test_dsn_parameters_when_the_relay_offers_dsn(started: Started) -> None:
+    async with relay(dsn=True) as r:
+        provider, _ = await started(smtp_settings(r.port))
+        result = await provider.send(dispatch("email", "a@example.com"), MESSAGE)
+        assert isinstance(result, Accepted)
+        options = r.received[0].mail_options
+        assert "RET=HDRS" in options
+        assert f"ENVID={result.provider_message_id}".upper() in options
+        assert r.rcpt_options == [["NOTIFY=FAILURE,DELAY"]]
+    async with relay() as r:  # a relay without DSN gets no DSN parameters
+        provider, _ = await started(smtp_settings(r.port))
+        result = await provider.send(dispatch("email", "a@example.com"), MESSAGE)
+        assert isinstance(result, Accepted)
+        assert not any(o.startswith("ENVID") for o in r.received[0].mail_options)
+        assert r.rcpt_options == [[]]
 
 
 async def test_550_on_rcpt_is_rejected_451_is_failed_and_the_connection_is_reused(

@@ -17,7 +17,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from aiosmtplib import SMTP, SMTPException, SMTPRecipientsRefused, SMTPResponseException
+from aiosmtplib import (
+    SMTP,
+    SMTPException,
+    SMTPHeloError,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+)
 
 from services.email.settings import SmtpSettings
 
@@ -94,7 +100,12 @@ class SmtpPool:
             tls_context=self._tls,
         )
         try:
-            await smtp.connect()  # EHLO, STARTTLS and AUTH as configured
+            await smtp.connect()  # STARTTLS and AUTH as configured
+            if smtp.is_ehlo_or_helo_needed:  # its extensions (DSN, SIZE) before the first send
+                try:
+                    await smtp.ehlo()
+                except SMTPHeloError:
+                    await smtp.helo()
         except BaseException:
             smtp.close()
             raise
