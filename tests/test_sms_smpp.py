@@ -553,3 +553,16 @@ async def test_close_does_not_wait_for_a_bind_nobody_answers(
     assert loop.time() - began < 2.0
     server.close()
     await server.wait_closed()
+
+
+async def test_an_unanswered_submit_times_out_and_the_session_stays(
+    started: Any, smsc: TestSmsc
+) -> None:
+    provider, sink = await started(response_timeout_s=0.2)
+    smsc.stall = True
+    with pytest.raises(TimeoutError):
+        await provider.send(dispatch("sms", "+8613800138001"), sms("lost"))
+    smsc.stall = False
+    assert isinstance(await provider.send(dispatch("sms", "+8613800138001"), sms("x")), Accepted)
+    assert smsc.binds == 1 and len(provider.sessions) == 1
+    await sink.wait(lambda: len(sink.receipts) == 1)

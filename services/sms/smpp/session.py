@@ -99,6 +99,8 @@ class SmppSession:
             self._writer.write(Pdu(command_id, 0, seq, body).encode())
             await self._writer.drain()
             return await asyncio.wait_for(future, self.settings.response_timeout_s)
+        except TimeoutError:  # an OSError too: no answer in time, the session may be fine
+            raise
         except (ConnectionError, OSError) as exc:
             raise SessionClosed(f"{self.label}: {type(exc).__name__}") from exc
         finally:
