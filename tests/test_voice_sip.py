@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -30,10 +30,11 @@ from services.voice.providers import build_provider
 from services.voice.sip import g711, sdp
 from services.voice.sip.call import CallResult, outcome_for_status
 from services.voice.sip.digest import authorization, parse_challenge
-from services.voice.sip.message import parse
+from services.voice.sip.message import SipMessage, parse
 from services.voice.sip.provider import CALLBACK_TEXT, SipProvider
 from services.voice.sip.settings import SipSettings
-from services.voice.sip.tts import Tts
+from services.voice.sip.transport import response_to
+from services.voice.sip.tts import Tts, TtsError
 from shared.channel.app import create_app
 from shared.channel.provider import Accepted, Completed, Inbound, ProviderContext, Receipt
 from shared.config import ChannelSettings
@@ -395,6 +396,54 @@ async def test_no_response_is_failed_after_timer_b(
     async with provider(settings, channel, redis, tts) as (prov, sinks):
         receipt, _ = await call(prov, sinks)
     assert (receipt.outcome, receipt.detail) == ("failed", "no response to INVITE (timer B)")
+
+
+class Peer(asyncio.DatagramProtocol):
+    """A bare UDP peer that records the SIP requests it receives."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[tuple[float, SipMessage, tuple[str, int]]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        now = asyncio.get_running_loop().time()
+        self.requests.put_nowait((now, parse(data), addr))
+
+
+async def test_invite_is_retransmitted_until_answered_and_the_final_response_acked(
+    channel: ChannelSettings, redis: Redis, tts: Tts
+) -> None:
+    loop = asyncio.get_running_loop()
+    transport, peer = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        async with provider(sip_settings(port, t1_s=0.1), channel, redis, tts) as (prov, sinks):
+            await prov.send(dispatch("voice", NUMBER), SHORT)
+            first_at, first, _ = await asyncio.wait_for(peer.requests.get(), 5)
+            again_at, again, addr = await asyncio.wait_for(peer.requests.get(), 5)
+            # Timer A: the same INVITE (same branch and CSeq) again after T1.
+            assert (first.method, again.method) == ("INVITE", "INVITE")
+            assert again.branch == first.branch and again.cseq == first.cseq
+            assert 0.08 <= again_at - first_at < 0.5
+            transport.sendto(response_to(again, 486, "Busy Here", to_tag="b1").encode(), addr)
+            _, ack, _ = await asyncio.wait_for(peer.requests.get(), 5)
+            receipt = await asyncio.wait_for(sinks.receipts.get(), 5)
+    finally:
+        transport.close()
+    # The ACK of a non-2xx response: same transaction (branch), the response's To tag.
+    assert (ack.method, ack.branch, ack.cseq) == ("ACK", first.branch, (first.cseq[0], "ACK"))
+    assert "tag=b1" in (ack.get("To") or "")
+    assert receipt.outcome == "busy"
+
+
+async def test_tts_failure_fails_the_send(channel: ChannelSettings, redis: Redis) -> None:
+    settings = sip_settings(udp_port(), espeak_path="/nonexistent/espeak-ng")
+    async with provider(settings, channel, redis, Tts(settings)) as (prov, _):
+        with pytest.raises(TtsError, match="espeak-ng"):
+            await prov.send(dispatch("voice", NUMBER), SHORT)
 
 
 async def test_invalid_number_is_rejected_at_once(
