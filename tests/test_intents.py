@@ -16,6 +16,8 @@ import yaml
 from services.router.intents import (
     CONTRACT_TIERS,
     SHIPPED_RULES,
+    TIERS,
+    Classification,
     Classifier,
     load_rules,
     respond_by_delta,
@@ -83,6 +85,7 @@ def test_eval_command_fails_when_an_urgent_message_is_missed(
     # a fraud report in words no rule knows: classified `other` (normal), below high
     corpus.write_text(
         '{"text": "zzz qqq", "locale": "en", "intent": "fraud", "tier": "urgent"}\n'
+        '{"text": "ok 13800138000", "locale": "en", "intent": "due_date", "tier": "normal"}\n'
         '{"text": "How much do I owe?", "locale": "en", "intent": "amount_due",'
         ' "tier": "normal"}\n',
         encoding="utf-8",
@@ -92,6 +95,7 @@ def test_eval_command_fails_when_an_urgent_message_is_missed(
     assert "urgent below high   1" in out
     assert "fraud/urgent → other/normal" in out
     assert "'zzz qqq'" in out
+    assert "13800****8000" in out and "13800138000" not in out  # masked in the report
 
 
 def test_eval_command_refuses_a_bad_corpus_or_rules(
@@ -173,6 +177,24 @@ def test_tier_beats_file_order_and_file_order_breaks_ties(
     swapped = {**rules, "intents": {k: rules["intents"][k] for k in order}}
     c2 = Classifier.from_file(write_rules(tmp_path, swapped, "swapped.yaml"))
     assert c2.classify("the cat and the dog", "sms").intent == "pets_high_b"
+
+
+def test_classify_takes_the_first_candidate_and_candidates_are_by_tier(
+    classifier: Classifier,
+) -> None:
+    decided_elsewhere = {"opt_out", "opt_in", "feedback"}
+    for e in load_corpus(DEFAULT_CORPUS):
+        found = classifier.candidates(e.text)
+        ranks = [TIERS.index(c.tier) for c in found if c.tier is not None]
+        assert ranks == sorted(ranks), e.text
+        got = classifier.classify(e.text, e.channel)
+        if got.intent in decided_elsewhere or got.matched in ("missed call", "empty message"):
+            continue
+        assert got == (found[0] if found else Classification("other", "normal")), e.text
+        if any(c.tier == "urgent" for c in found):
+            assert got.tier == "urgent", e.text
+    many = classifier.candidates("I lost my job, how much do I owe, please call me back")
+    assert [c.intent for c in many] == ["hardship", "callback_request", "amount_due"]
 
 
 def test_nothing_matched_is_other(classifier: Classifier) -> None:
@@ -261,6 +283,7 @@ def test_keywords_inside_a_longer_message_are_not_opt_out(
         ("五星", 5),
         ("five stars", 5),
         ("3 ⭐", 3),
+        ("5stars", 5),
         ("5!", 5),
         ("4/5", 4),
     ],

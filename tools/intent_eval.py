@@ -4,9 +4,9 @@
 
 Prints per-intent precision, recall and support, the overall intent accuracy, the tier
 accuracy, how many `urgent` messages were classified below `high` (as `normal` or no tier),
-and every misclassified example (text truncated). Exit status: 0 when the tier accuracy is at
-least 95% and no urgent message fell below high, 1 otherwise, 2 when the rules or the corpus
-cannot be read.
+and every misclassified example (text truncated, phone numbers and emails masked). Exit
+status: 0 when the tier accuracy is at least 95% and no urgent message fell below high,
+1 otherwise, 2 when the rules or the corpus cannot be read.
 
 The corpus is JSON Lines, one labelled message per line: `text`, `locale`, `intent`, `tier`
 (null for opt_out, opt_in and feedback), optional `channel` (default `sms`), `score`
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from services.router.intents import TIERS, Classification, Classifier, Tier
 from shared.errors import ConfigError
+from shared.masking import scrub
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT / "tests" / "data" / "inquiries_corpus.jsonl"
@@ -170,7 +171,8 @@ def evaluate(classifier: Classifier, examples: Iterable[Example]) -> Report:
 
 
 def _short(text: str, width: int) -> str:
-    flat = " ".join(text.split()) or "(empty)"
+    """One line, phone numbers and emails masked, at most `width` characters."""
+    flat = scrub(" ".join(text.split())) or "(empty)"
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 

@@ -15,6 +15,7 @@ Order of decisions, first match wins:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -81,7 +82,8 @@ class Classifier:
             self._whole[whole(word)] = ("opt_in", None)
         fb = rules.feedback
         self._scores = {whole(k): v for k, v in fb.scores.items()}
-        scores = "|".join(bounded(k) for k in sorted(self._scores, key=len, reverse=True))
+        # fullmatch anchors both ends: `5stars` is a score, `55` is not
+        scores = "|".join(re.escape(k) for k in sorted(self._scores, key=len, reverse=True))
         suffixes = "|".join(re.escape(fold(s)) for s in sorted(fb.suffixes, key=len, reverse=True))
         self._feedback = re.compile(
             rf"(?P<score>{scores})(?:\s*(?:{suffixes}))?" if suffixes else rf"(?P<score>{scores})"
@@ -129,8 +131,16 @@ class Classifier:
             if channel == "voice":
                 return Classification("callback_request", "high", matched="missed call")
             return Classification(OTHER, "normal", matched="empty message")
+        return next(self._rule_matches(folded), Classification(OTHER, "normal"))
+
+    def candidates(self, text: str) -> list[Classification]:
+        """Every intent rule the message matches, in precedence order (the first is what
+        `classify` returns unless a whole-message keyword, a score or a missed call decides).
+        For debugging rules: which other intents a message would have been."""
+        return list(self._rule_matches(fold(text)))
+
+    def _rule_matches(self, folded: str) -> Iterator[Classification]:
         canon = self._variants.apply(folded)
         for matcher in self._matchers:
             if (why := matcher.match(canon)) is not None:
-                return Classification(matcher.intent, matcher.tier, matched=why)
-        return Classification(OTHER, "normal")
+                yield Classification(matcher.intent, matcher.tier, matched=why)
