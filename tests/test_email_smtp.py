@@ -766,6 +766,14 @@ def test_missing_and_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPa
         build_provider(ChannelSettings(channel="email", provider="ses"))
 
 
+def test_every_smtp_setting_is_documented() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "providers-email.md").read_text()
+    for name, info in SmtpSettings.model_fields.items():
+        assert f"`TONGDA_SMTP_{name.upper()}`" in doc, name
+        if "Secret" in str(info.annotation):
+            assert f"`TONGDA_SMTP_{name.upper()}` **(secret)**" in doc, name
+
+
 @pytest.mark.slow  # a process start (3 to 7 s here); build_provider's ConfigError is tested above
 def test_the_service_exits_2_on_a_missing_smtp_setting() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGDA_")} | {
