@@ -73,6 +73,11 @@ class CommonSettings(BaseSettings):
     # HMAC key for sender addresses in Kafka keys and Redis key names (shared/addresses.py).
     # Set it in production (from a Secret): the default only suits a laptop.
     address_hash_key: SecretStr = SecretStr(DEFAULT_ADDRESS_HASH_KEY)
+    templates_path: Path | None = Field(
+        default=None,
+        description="a directory of message templates (config.yaml and one <locale>.yaml per "
+        "locale) replacing the shipped `shared/templates/` ones (docs/templates.md)",
+    )
     # The clock (shared/clock.py): real by default; a demo runs a simulated one, the same
     # three values in every process of the stack.
     time_scale: float = Field(default=1.0, gt=0)  # real seconds per simulated second
@@ -122,8 +127,12 @@ class ChannelSettings(CommonSettings):
     sandbox_ledger: bool = True  # record every send reaching the sandbox in Redis
     send_timeout_s: float = 30.0  # a provider's send() taking longer is a `failed` attempt
     receipt_timeout_s: float = 3600.0  # forget (in memory) an accepted attempt never reported
-    # The sms service logs every SMS template's segments at start-up, a WARNING above this.
-    max_sms_segments: int = Field(default=3, ge=1)
+    max_sms_segments: int = Field(
+        default=3,
+        ge=1,
+        description="the sms service logs every SMS template's length and segments at "
+        "start-up, a WARNING for each over this many (docs/templates.md)",
+    )
 
     @property
     def group(self) -> str:
