@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from shared.config import CommonSettings
@@ -23,6 +25,11 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 Batch: TypeAlias = dict[TopicPartition, list[Record]]
+
+# A dead letter the broker refuses although it fits our producer (its topic has a smaller
+# max.message.bytes than ours) is sent again cut to this size.
+DEADLETTER_FALLBACK_BYTES = 64 * 1024
+MAX_DEADLETTER_KEY_BYTES = 4096
 
 
 def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
@@ -79,7 +86,13 @@ async def send_deadletter(
     error: InvalidEvent,
     service: str,
 ) -> None:
-    """Send the original bytes with the reason; awaited, so it is durable before a commit."""
+    """Send the original bytes with the reason; awaited, so it is durable before a commit.
+
+    A value too big to be dead-lettered whole (over the producer's `kafka_max_request_bytes`
+    with its headers, or refused by the broker for its topic's limit) is dead-lettered as a
+    truncated copy with headers `truncated: true` and `original-size`, beside `source-topic`,
+    `source-partition` and `source-offset`: never an endless retry.
+    """
     DEADLETTERS.labels(service=service, error=error.code).inc()
     log.warning(
         "dead-lettered %s[%d]@%d: %s",
@@ -89,9 +102,52 @@ async def send_deadletter(
         error.code,
         extra={"error_detail": error.detail[:500]},
     )
-    await producer.send_and_wait(
-        settings.topics.deadletter,
-        value=msg.value,
-        key=msg.key,
-        headers=deadletter_headers(msg, error),
+    headers = deadletter_headers(msg, error)
+    key, value = msg.key, msg.value
+    if record_size(key, value, headers) > settings.kafka_max_request_bytes:
+        key, value, headers = truncated(msg, headers, settings.kafka_max_request_bytes)
+    try:
+        await producer.send_and_wait(
+            settings.topics.deadletter, value=value, key=key, headers=headers
+        )
+    except (MessageSizeTooLargeError, RecordListTooLargeError):
+        if value is None or len(value) <= DEADLETTER_FALLBACK_BYTES:
+            raise
+        key, value, headers = truncated(
+            msg, deadletter_headers(msg, error), DEADLETTER_FALLBACK_BYTES
+        )
+        await producer.send_and_wait(
+            settings.topics.deadletter, value=value, key=key, headers=headers
+        )
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """The bytes a record takes in a batch, as the producer counts them for its limit."""
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    return size
+
+
+def truncated(
+    msg: ConsumerRecord[bytes, bytes], headers: Headers, limit: int
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """(key, value, headers) of a copy of `msg` that fits in `limit` bytes, saying so."""
+    value = msg.value or b""
+    key = msg.key
+    headers = [
+        *headers,
+        ("truncated", b"true"),
+        ("original-size", str(len(value)).encode()),
+    ]
+    if key is not None and len(key) > MAX_DEADLETTER_KEY_BYTES:
+        headers.append(("original-key-size", str(len(key)).encode()))
+        key = key[:MAX_DEADLETTER_KEY_BYTES]
+    room = limit - record_size(key, b"", headers) - 64  # varint growth of the value's length
+    log.warning(
+        "dead letter of %s[%d]@%d cut from %d to %d bytes",
+        msg.topic,
+        msg.partition,
+        msg.offset,
+        len(value),
+        max(0, room),
     )
+    return key, value[: max(0, room)], headers

@@ -31,21 +31,24 @@ class TopicSpec:
 def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
     t = settings.topics
     n = settings.kafka_topic_partitions
+    # Every topic gets the same limit as tongda's producers and consumers (docs/reliability.md,
+    # "Limits"): nothing bigger can be written, every record tongda reads fits its fetches,
+    # and whatever it reads can be dead-lettered (whole, or cut to fit with its offset).
     big = {"max.message.bytes": str(settings.kafka_max_request_bytes)}
     specs = [
         TopicSpec(t.requested, n, big),
-        TopicSpec(t.profiles, n, {"cleanup.policy": "compact"}),
-        TopicSpec(t.inquiries, n),
-        TopicSpec(t.status, n),
-        TopicSpec(t.audit, n),
-        TopicSpec(t.escalated, n),
-        TopicSpec(t.resolved, n),
-        TopicSpec(t.feedback, n),
-        TopicSpec(t.preferences, n),
+        TopicSpec(t.profiles, n, {"cleanup.policy": "compact", **big}),
+        TopicSpec(t.inquiries, n, big),
+        TopicSpec(t.status, n, big),
+        TopicSpec(t.audit, n, big),
+        TopicSpec(t.escalated, n, big),
+        TopicSpec(t.resolved, n, big),
+        TopicSpec(t.feedback, n, big),
+        TopicSpec(t.preferences, n, big),
         TopicSpec(t.deadletter, n, big),
-        TopicSpec(t.router_inbox, n),
+        TopicSpec(t.router_inbox, n, big),
     ]
-    specs += [TopicSpec(t.dispatch(ch), n) for ch in CHANNELS]
+    specs += [TopicSpec(t.dispatch(ch), n, big) for ch in CHANNELS]
     # faust's partition-assignor leader topic for the router app (faust would create it).
     specs.append(TopicSpec(f"{settings.faust_app_id}-__assignor-__leader", 1))
     return specs

@@ -13,7 +13,13 @@ from services.router.plans import PlanBook
 from services.router.state import NotificationState, decode_state
 from services.router.store import Keys
 from shared.config import RouterSettings
-from shared.contract.codec import MAX_VALUE_BYTES, check_schema, validate
+from shared.contract.codec import (
+    MAX_VALUE_BYTES,
+    check_depth,
+    check_schema,
+    decode,
+    parse_json,
+)
 from shared.contract.models import NotificationRequested
 from shared.errors import InvalidEvent
 from shared.http import (
@@ -37,30 +43,50 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+SCHEMA = "notification.requested/v1"
+FIELD_CODES = ("invalid_fields", "too_deep")  # their detail starts with the field's name
+
+
+def _invalid(exc: InvalidEvent) -> web.Response:
+    field = exc.detail.split(":", 1)[0] if exc.code in FIELD_CODES else "schema"
+    return json_error(400, exc.code, exc.detail, field=field)
+
+
 async def post_notification(request: web.Request) -> web.Response:
+    """Validate the body and publish it to the requests topic; 202 means it will be routed.
+
+    What is published is exactly what was validated: the record's bytes (the body with its
+    `schema` added, re-serialised) are decoded by the same `decode` the router runs on them,
+    and refused with 413 if they are over the limit the router applies.
+    """
     settings = request.app[SETTINGS]
     body = await request.read()
     if len(body) > MAX_VALUE_BYTES:
         return json_error(413, "too_large", f"body is over {MAX_VALUE_BYTES} bytes")
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return json_error(400, "malformed_json", str(exc))
-    if not isinstance(obj, dict):
-        return json_error(400, "malformed_json", "body must be a JSON object")
-    obj.setdefault("schema", "notification.requested/v1")
-    try:
-        check_schema(obj, "notification.requested/v1")
-        req = validate(obj, NotificationRequested)
+        obj = parse_json(body)
+        if not isinstance(obj, dict):
+            return json_error(400, "malformed_json", "body must be a JSON object")
+        obj.setdefault("schema", SCHEMA)
+        check_schema(obj, SCHEMA)
+        check_depth(obj)  # before serialising it again (encoders are recursion-limited)
+        record = orjson.dumps(obj)
+        if len(record) > MAX_VALUE_BYTES:
+            return json_error(
+                413,
+                "too_large",
+                f"the record to publish is {len(record)} bytes (the body with its schema, "
+                f"re-serialised); the limit is {MAX_VALUE_BYTES} bytes",
+            )
+        req = decode(record, NotificationRequested)
     except InvalidEvent as exc:
-        field = exc.detail.split(":", 1)[0] if exc.code == "invalid_fields" else "schema"
-        return json_error(400, exc.code, exc.detail, field=field)
+        return _invalid(exc)
     if request.app[PLANS].get(req.type) is None:
         return json_error(
             400, "unknown_type", f"type: {req.type!r} has no routing plan", field="type"
         )
     await request.app[PRODUCER].send_and_wait(
-        settings.topics.requested, value=orjson.dumps(obj), key=req.customer_id.encode()
+        settings.topics.requested, value=record, key=req.customer_id.encode()
     )
     return web.json_response({"id": req.id}, status=202, dumps=_dumps)
 
