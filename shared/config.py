@@ -61,12 +61,20 @@ class CommonSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     drain_timeout_s: float = 20.0
-    # /readyz is 503 when the consume loop completed no batch for this long while records wait
-    # (shared/health.py, docs/reliability.md).
-    stall_after_s: float = Field(default=30.0, gt=0)
-    # A connection that has not sent a complete request head this long after connecting (or
-    # after its previous response) is closed: slow-header (slowloris) clients and idle ones.
-    http_header_timeout_s: float = Field(default=15.0, gt=0)
+    stall_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="`/readyz` answers 503 (and `tongda_consume_loop_stalled` is 1) when the "
+        "consume loop completed no batch for this many seconds while records wait "
+        "(docs/reliability.md).",
+    )
+    http_header_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="An HTTP connection that has not sent a complete request head this many "
+        "seconds after connecting (or after its previous response) is closed: slow-header "
+        "(slowloris) and idle clients.",
+    )
     topics: Topics = Field(default_factory=Topics)
     faust_app_id: str = "tongda-router"  # the router's faust app; its leader topic is ours too
     key_prefix: str = "tongda:"
