@@ -351,6 +351,18 @@ def test_an_own_html_part_is_rendered_with_autoescape(
     assert '<a href="https://example.com/offer">&lt;img src=x onerror=alert(1)&gt;</a>' in html
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1), st.text())
+def test_any_data_is_escaped_in_html_and_kept_in_text(text: str, name: str) -> None:
+    message = render("generic", "zh-CN", {"text": text, "name": name}, "email")
+    assert message.html is not None
+    for line in text.strip().splitlines():
+        assert line.strip() in message.body  # the plain text keeps it as given
+    for value in (text, name):
+        if "<" in value:  # whatever the data holds, no tag of its own reaches the HTML
+            assert value.strip() not in message.html
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -433,7 +445,7 @@ def test_report_is_logged_with_warnings_over_the_maximum(caplog: pytest.LogCaptu
     levels = {r.levelno for r in caplog.records}
     assert levels == {logging.INFO, logging.WARNING}
     warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert warning.endswith("over the maximum (max 1)")
+    assert warning.endswith("over the maximum (max 1)") and warning.startswith("sms ")
 
 
 @pytest.mark.parametrize("channel", ["sms", "email"])

@@ -27,15 +27,19 @@ class SmsReportLine:
     over: bool
     problem: str | None = None
 
-    def __str__(self) -> str:
+    def describe(self) -> str:
+        """The line without its `WARNING` mark (a logger gives the level)."""
         s = self.length
         if s is None:
-            return f"WARNING sms {self.template} {self.locale}: not measured: {self.problem}"
+            return f"sms {self.template} {self.locale}: not measured: {self.problem}"
         line = (
             f"sms {self.template} {self.locale} ({self.category}): {s.encoding}, "
             f"{s.chars} chars, {s.segments} segment{'s' if s.segments != 1 else ''}"
         )
-        return f"WARNING {line}: over the maximum" if self.over else line
+        return f"{line}: over the maximum" if self.over else line
+
+    def __str__(self) -> str:
+        return f"WARNING {self.describe()}" if self.over else self.describe()
 
 
 def sms_report(max_sms_segments: int) -> list[SmsReportLine]:
@@ -67,8 +71,8 @@ def log_template_report(logger: logging.Logger, max_sms_segments: int) -> None:
     """Log the report: INFO per template, WARNING for those over `max_sms_segments`."""
     for line in sms_report(max_sms_segments):
         if line.length is None:
-            logger.warning("%s", line)
+            logger.warning("%s", line.describe())
         elif line.over:
-            logger.warning("%s (max %d)", line, max_sms_segments)
+            logger.warning("%s (max %d)", line.describe(), max_sms_segments)
         else:
-            logger.info("%s", line)
+            logger.info("%s", line.describe())
