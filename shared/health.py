@@ -79,9 +79,12 @@ class RateLimitedLog:
                 k: v for k, v in self._seen.items() if now - v.last_logged < 10 * self.every_s
             }
         suppressed = seen.suppressed if seen else 0
-        if seen is not None:
+        if seen is not None and suppressed:
             msg += " (repeated; %d more suppressed in the last %.0f s)"
             args = (*args, suppressed, now - seen.last_logged)
+        elif seen is not None:
+            msg += " (repeated after %.0f s)"
+            args = (*args, now - seen.last_logged)
         self.logger.log(
             level,
             msg,

@@ -71,6 +71,14 @@ def test_every_topic_tongda_uses_has_a_size_limit() -> None:
         assert spec.config.get("max.message.bytes") == "5000000", spec.name
 
 
+def test_size_limits_agree_along_the_path() -> None:
+    settings = CommonSettings()
+    # a request accepted makes a dispatch accepted: data re-serialised plus its envelope
+    assert MAX_INTERNAL_VALUE_BYTES >= 4 * MAX_VALUE_BYTES + 64 * 1024
+    # every value tongda accepts fits its producer, its fetches and its topics, with headers
+    assert settings.kafka_max_request_bytes >= MAX_INTERNAL_VALUE_BYTES + 64 * 1024
+
+
 # --- 2, 3 on a channel service ---------------------------------------------------------------
 
 
