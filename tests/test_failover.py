@@ -248,6 +248,7 @@ def test_build_provider_reads_a_failover_chain(monkeypatch: pytest.MonkeyPatch) 
     assert [type(p) for p in chain.providers] == [SmppProvider, SmsSandbox]
     assert [str(r.path) for r in chain.webhook_routes()] == ["/sandbox/inbound"]
     assert isinstance(build_provider(ChannelSettings(provider="smpp")), SmppProvider)
+    assert isinstance(build_provider(ChannelSettings(provider=" smpp,")), SmppProvider)
     with pytest.raises(ConfigError, match="twice"):
         build_provider(ChannelSettings(provider="sandbox,sandbox"))
     with pytest.raises(ConfigError, match="unknown sms provider 'carrier-pigeon'"):

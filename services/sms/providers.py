@@ -34,7 +34,7 @@ def build_provider(settings: ChannelSettings) -> Provider:
         from shared.channel.failover import FailoverProvider, load_failover_settings
 
         return FailoverProvider([build_one(n) for n in names], load_failover_settings())
-    return build_one(settings.provider)
+    return build_one(names[0] if names else settings.provider)
 
 
 def build_one(name: str) -> Provider:
