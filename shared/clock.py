@@ -1,10 +1,12 @@
 """The time every tongda service reads: the real clock, or a simulated one for demos.
 
-A simulated clock starts at `clock_start` (a simulated instant) at the real instant
-`clock_origin_epoch_s`, and runs `1 / time_scale` times faster than real time: with
-`time_scale=0.001`, a 15-minute call-back comes due after 0.9 real seconds and a deferral from
-22:30 to 08:00 after 34 real seconds. Every process of a stack is given the same three settings,
-so they share one clock. With the defaults (time_scale 1, no start) it is the real clock.
+A simulated clock shows `clock_start` (a simulated instant) until the real instant `origin`,
+then runs `1 / time_scale` times faster than real time: with `time_scale=0.001`, a 15-minute
+call-back comes due after 0.9 real seconds and a deferral from 22:30 to 08:00 after 34 real
+seconds. The origin is either configured (`clock_origin_epoch_s`) or set in Redis by whoever
+starts the stack once every service is ready (`CLOCK_ORIGIN_KEY`, read by the router at start
+and on every scheduler tick), so start-up time does not eat simulated hours. Every process of
+a stack gets the same settings, so they share one clock. By default it is the real clock.
 
 Scheduled times are stored in simulated epoch seconds; the scheduler compares them with
 `Clock.epoch_s()`. Real networks do not speed up, so step timeouts are kept at least
@@ -17,12 +19,16 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from redis.asyncio import Redis
 
-@dataclass(frozen=True)
+CLOCK_ORIGIN_KEY = "clock:origin"  # after the key prefix: the real epoch seconds of the origin
+
+
+@dataclass
 class Clock:
     time_scale: float = 1.0  # real seconds per simulated second
     start: datetime | None = None  # the simulated instant at `origin_epoch_s`
-    origin_epoch_s: float = 0.0  # the real epoch seconds at which `start` was
+    origin_epoch_s: float = 0.0  # real epoch seconds at which `start` was; 0: not yet (frozen)
 
     @classmethod
     def real(cls) -> Clock:
@@ -37,13 +43,23 @@ class Clock:
         real = time.time()
         if not self.simulated:
             return real
-        origin = self.origin_epoch_s or real
-        base = self.start.timestamp() if self.start is not None else origin
-        return base + (real - origin) / self.time_scale
+        if self.start is None:  # only faster: simulated time begins at the origin
+            origin = self.origin_epoch_s or real
+            return origin + (real - origin) / self.time_scale
+        if not self.origin_epoch_s or real < self.origin_epoch_s:
+            return self.start.timestamp()  # frozen until the stack is ready
+        return self.start.timestamp() + (real - self.origin_epoch_s) / self.time_scale
 
     def now(self) -> datetime:
         """Now, timezone-aware (UTC)."""
         return datetime.fromtimestamp(self.epoch_s(), UTC)
+
+    async def sync(self, redis: Redis, prefix: str) -> None:
+        """Take the origin from Redis when it was not configured (a simulated clock only)."""
+        if self.simulated and self.start is not None:
+            raw = await redis.get(f"{prefix}{CLOCK_ORIGIN_KEY}")
+            if raw is not None:
+                self.origin_epoch_s = float(raw)
 
     def real_seconds(self, simulated_s: float) -> float:
         """How long `simulated_s` simulated seconds take in real time."""

@@ -38,6 +38,7 @@ async def build_core(
     """Everything between the consumer and Redis/Kafka; loads the Lua scripts."""
     s = settings
     clock = s.clock()
+    await clock.sync(redis, s.key_prefix)  # a simulated clock's origin, once the stack is up
     store = Store(redis, s.key_prefix, s.retention_s, s.timeline_max_records, policy.caps.horizon_s)
     await store.load_scripts()
     t = s.topics

@@ -23,7 +23,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 from redis.asyncio import Redis
 
-from services.router.intake import InboxEvent, Intake, read_batch
+from services.router.intake import InboxEvent, Intake, MessageNeeds, read_batch
 from services.router.ledger import LedgerView
 from services.router.machine import Effects, Machine
 from services.router.observe import observe
@@ -69,6 +69,7 @@ class RouterEngine:
         self.machine = machine
         self.clock = clock or settings.clock()
         self.topics = settings.topics
+        self.needs = MessageNeeds(machine.plans)
         # Held while a batch is processed (state, records, outbox cleared). Rebalance callbacks
         # take it too, so a partition never moves, and is never recovered, mid-batch.
         self.batch_lock = asyncio.Lock()
@@ -112,7 +113,7 @@ class RouterEngine:
         now = self.clock.now()
         for tp, msgs in batch.items():
             EVENTS_CONSUMED.labels(service=self.service, topic=tp.topic).inc(len(msgs))
-        intake = read_batch(batch, self.topics, self.machine.plans)
+        intake = read_batch(batch, self.topics, self.machine.plans, self.needs)
         if intake.profiles:
             await self._profiles(intake)
         pending = await self._requests(intake, now) if intake.requests else []

@@ -4,6 +4,7 @@ dead-letter (with the reason). No I/O here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from aiokafka.structs import TopicPartition
 
@@ -18,6 +19,7 @@ from shared.contract.models import (
 )
 from shared.errors import InvalidEvent
 from shared.kafka import Batch, Record
+from shared.templates import required_variables
 
 INBOX_SCHEMAS = ("tongda.outcome/v1", "tongda.timer/v1")
 
@@ -37,7 +39,33 @@ class Intake:
     size: int = 0
 
 
-def read_batch(batch: Batch, topics: Topics, plans: PlanBook) -> Intake:
+class MessageNeeds:
+    """The data variables a notification's messages need, per type and locale: every channel
+    of its plan, and the side messages its steps may send (the missed-call SMS)."""
+
+    def __init__(self, plans: PlanBook) -> None:
+        self.plans = plans
+        self.required = lru_cache(maxsize=1024)(self._required)
+
+    def _required(self, type_: str, locale: str | None) -> frozenset[str]:
+        plan = self.plans.get(type_)
+        if plan is None:
+            return frozenset()
+        needed: set[str] = set()
+        for step in plan.steps:
+            needed |= required_variables(type_, step.channel, locale)
+            if step.missed_call_sms:
+                needed |= required_variables("missed_call", "sms", locale)
+        return frozenset(needed)
+
+    def missing(self, req: NotificationRequested) -> list[str]:
+        data = req.data
+        return sorted(v for v in self.required(req.type, req.locale) if data.get(v) is None)
+
+
+def read_batch(
+    batch: Batch, topics: Topics, plans: PlanBook, needs: MessageNeeds | None = None
+) -> Intake:
     """Decode every record of `batch`; invalid ones are listed in `dead` with the reason."""
     intake = Intake()
     for tp, msgs in batch.items():
@@ -47,7 +75,7 @@ def read_batch(batch: Batch, topics: Topics, plans: PlanBook) -> Intake:
                 if tp.topic == topics.profiles:
                     intake.profiles.append(_profile(msg))
                 elif tp.topic == topics.requested:
-                    intake.requests.append((tp, msg, _request(msg, plans)))
+                    intake.requests.append((tp, msg, _request(msg, plans, needs)))
                 elif tp.topic == topics.router_inbox:
                     ev = decode_any(msg.value, *INBOX_SCHEMAS)
                     assert isinstance(ev, AttemptOutcome | TimerFired)
@@ -71,12 +99,19 @@ def _profile(msg: Record) -> tuple[str, CustomerProfile | None]:
     return profile.customer_id, profile
 
 
-def _request(msg: Record, plans: PlanBook) -> NotificationRequested:
+def _request(msg: Record, plans: PlanBook, needs: MessageNeeds | None) -> NotificationRequested:
     req = decode(msg.value, NotificationRequested)
     if plans.get(req.type) is None:
         raise InvalidEvent(
             "unknown_type",
             f"type: {req.type!r} has no routing plan; known types: "
             f"{', '.join(sorted(plans.plans))}",
+        )
+    missing = needs.missing(req) if needs is not None else []
+    if missing:
+        names = ", ".join(f"data.{m}" for m in missing)
+        raise InvalidEvent(
+            "missing_variable",
+            f"data.{missing[0]}: required by the {req.type!r} messages; missing: {names}",
         )
     return req

@@ -44,6 +44,7 @@ class Scheduler:
 
     async def tick(self) -> int:
         """Publish every piece of work due now; return how many."""
+        await self.clock.sync(self.store.redis, self.store.keys.prefix)
         fired = 0
         while True:
             now = self.clock.epoch_s()

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
+    from shared.clock import Clock
     from shared.config import CommonSettings
 
 from tools.devstack.base import (
@@ -71,7 +72,7 @@ class Stack:
         self.log_dir = opts.log_dir or opts.run_dir / "logs"
         self.data_dir = opts.data_dir or opts.run_dir / "data"
         self.api_token = opts.api_token or secrets.token_urlsafe(24)
-        self.clock_origin_epoch_s = time.time()
+        self.clock_origin_epoch_s = 0.0  # a simulated clock starts when the stack is ready
         self.broker = Broker(self.log_dir / "broker.log", detached=opts.detached)
         self.redis = RedisServer(
             self.log_dir / "redis.log", data_dir=self.data_dir / "redis", detached=opts.detached
@@ -121,7 +122,6 @@ class Stack:
             env["TONGDA_LOG_LEVEL"] = o.log_level
         if o.time_scale != 1.0 or o.clock_start is not None:
             env["TONGDA_TIME_SCALE"] = repr(o.time_scale)
-            env["TONGDA_CLOCK_ORIGIN_EPOCH_S"] = repr(self.clock_origin_epoch_s)
             if o.clock_start is not None:
                 env["TONGDA_CLOCK_START"] = o.clock_start.isoformat()
         if name == "router":
@@ -150,6 +150,12 @@ class Stack:
         }
         for name, svc in self.services.items():
             env[f"TONGDA_{name.upper()}_URL"] = svc.url
+        o = self.options
+        if o.clock_start is not None or o.time_scale != 1.0:
+            env["TONGDA_TIME_SCALE"] = repr(o.time_scale)
+            if o.clock_start is not None:
+                env["TONGDA_CLOCK_START"] = o.clock_start.isoformat()
+                env["TONGDA_CLOCK_ORIGIN_EPOCH_S"] = repr(self.clock_origin_epoch_s)
         return env
 
     # -- lifecycle --
@@ -177,11 +183,38 @@ class Stack:
             )
             if self.services:
                 await self._start_services()
+            await self._start_clock()
             self.timings["ready"] = time.monotonic() - t0
         except BaseException:
             await self.stop()
             raise
         return self
+
+    async def _start_clock(self) -> None:
+        """A simulated clock shows clock_start until now: every service is ready."""
+        o = self.options
+        if o.clock_start is None:
+            return
+        from redis.asyncio import Redis
+
+        from shared.clock import CLOCK_ORIGIN_KEY
+
+        self.clock_origin_epoch_s = time.time()
+        client = Redis.from_url(self.redis_url)
+        try:
+            await client.set(
+                f"{self.settings().key_prefix}{CLOCK_ORIGIN_KEY}", repr(self.clock_origin_epoch_s)
+            )
+        finally:
+            await client.aclose()
+        self._note(f"simulated clock: {o.clock_start.isoformat()} now, x{1 / o.time_scale:g}")
+
+    def clock(self) -> Clock:
+        """The stack's clock, as its services read it."""
+        from shared.clock import Clock
+
+        o = self.options
+        return Clock(o.time_scale, o.clock_start, self.clock_origin_epoch_s)
 
     async def _start_services(self) -> None:
         for svc in self.services.values():
