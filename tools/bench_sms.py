@@ -92,12 +92,11 @@ async def run_case(
         port=smsc_port,
         system_id="tongda",
         password=PASSWORD,
-        system_type=account,
         window=window,
         rate_per_s=limit,
         rate_max_wait_s=60.0,
     )
-    channel = ChannelSettings(redis_url=redis_url, key_prefix=f"bench:{account}:")
+    channel = ChannelSettings(redis_url=redis_url, key_prefix=f"bench:{account}:")  # own bucket
     pools = [Redis.from_url(redis_url) for _ in range(clients)]
     providers = [SmppProvider(settings) for _ in range(clients)]
     for provider, pool in zip(providers, pools, strict=True):
