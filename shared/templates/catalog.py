@@ -141,8 +141,12 @@ def _read(root: Traversable, name: str) -> str:
 
 
 def _check(config: CatalogConfig, templates: dict[str, dict[str, TemplateSet]]) -> None:
-    if config.default_locale not in templates:
-        raise ConfigError(f"config.yaml: default_locale {config.default_locale}: no such file")
+    default = config.default_locale
+    if default not in templates:
+        raise ConfigError(f"config.yaml: default_locale {default}: no such file")
+    for locale, by_name in templates.items():
+        for name in by_name.keys() - templates[default].keys():  # the fallback of every locale
+            raise ConfigError(f"{locale}.yaml: {name}: not in {default}.yaml, the default locale")
     for locale, by_name in templates.items():
         generic = by_name.get(GENERIC)
         if generic is None or generic.push is None or generic.voice is None:
