@@ -155,6 +155,11 @@ class Watchdog:
         self.in_hand = 0
         self.last_error = None
 
+    def released(self) -> None:
+        """The failed batch in hand will not be fetched again here (its partitions went to
+        another consumer): nothing of it waits for this loop any more."""
+        self.in_hand = 0
+
     def nothing_fetched(self) -> None:
         """An empty fetch: progress, unless a failed batch still waits to be fetched again (a
         fetch right after a rewind can come back empty)."""

@@ -84,6 +84,11 @@ async def test_watchdog_backs_off_and_reports_a_stall_only_while_records_wait() 
     clock.now += 31
     waiting[0] = 0
     assert await dog.stalled() is None  # idle with nothing waiting: not stalled
+    dog.batch_started(5)
+    dog.failed(RuntimeError("rebalanced away"))
+    dog.released()  # its partitions went to another consumer: nothing waits for us
+    clock.now += 31
+    assert await dog.stalled() is None
     assert (
         REGISTRY.get_sample_value("tongda_consume_loop_stalled", {"service": "tongda-test-dog"})
         == 0.0

@@ -115,7 +115,10 @@ class ChannelWorker:
                     await self.process(batch)
                 except Exception:
                     self._rewind(batch)  # its sends already handed over are skipped as claimed
+                    if not set(batch) & self.consumer.assignment():
+                        self.watchdog.released()  # none of it comes back to us
                     raise
+                self.watchdog.released()  # handed over: only its commit may still fail
                 await self.commit()
                 self.watchdog.batch_done()
             except asyncio.CancelledError:
