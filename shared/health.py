@@ -17,13 +17,16 @@ See docs/reliability.md ("Readiness").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import IllegalStateError
 
+from shared.masking import scrub
 from shared.metrics import LOOP_STALLED
 
 log = logging.getLogger(__name__)
@@ -100,14 +103,19 @@ class RateLimitedLog:
         self._seen.clear()
 
 
-async def consumer_lag(consumer: AIOKafkaConsumer) -> int | None:
-    """Records waiting on the assigned partitions, or None if a high-water mark is unknown."""
+async def consumer_lag(consumer: AIOKafkaConsumer, timeout_s: float = 0.5) -> int | None:
+    """Records waiting on the assigned partitions past the consumer's position, or None when
+    that is unknown (no high-water mark yet, or a position being reset by a rebalance)."""
     total = 0
-    for tp in consumer.assignment():
-        high = consumer.highwater(tp)
-        if high is None:
-            return None
-        total += max(0, high - await consumer.position(tp))
+    try:
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                return None
+            position = await asyncio.wait_for(consumer.position(tp), timeout_s)
+            total += max(0, high - position)
+    except (TimeoutError, IllegalStateError):  # not ours any more, or no position yet
+        return None
     return total
 
 
@@ -144,7 +152,7 @@ class Watchdog:
     def batch_done(self) -> None:
         """A batch was handled and committed."""
         if self.failures:
-            log.info(
+            self.log.logger.info(
                 "consume loop recovered after %d failed attempts",
                 self.failures,
                 extra={"service": self.service},
@@ -168,10 +176,10 @@ class Watchdog:
 
     def failed(self, exc: BaseException) -> float:
         """Record a failed iteration, log it (rate-limited); return the seconds to back off."""
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error = scrub(f"{type(exc).__name__}: {exc}")  # shown by /readyz too
         delay = self.backoff_s[min(self.failures, len(self.backoff_s) - 1)]
         self.failures += 1
-        if self.idle_s() >= self.stall_after_s:  # a failing batch: records are waiting
+        if self.in_hand and self.idle_s() >= self.stall_after_s:  # its records wait
             LOOP_STALLED.labels(service=self.service).set(1)
         self.log.log(
             logging.ERROR,

@@ -85,6 +85,11 @@ async def test_watchdog_backs_off_and_reports_a_stall_only_while_records_wait() 
     waiting[0] = 0
     assert await dog.stalled() is None  # idle with nothing waiting: not stalled
     dog.batch_started(5)
+    dog.failed(RuntimeError("gateway refused +8613800138000"))
+    clock.now += 31
+    reason = await dog.stalled()
+    assert reason is not None and "+86138****8000" in reason  # /readyz shows no phone numbers
+    assert "13800138000" not in reason
     dog.failed(RuntimeError("rebalanced away"))
     dog.released()  # its partitions went to another consumer: nothing waits for us
     clock.now += 31
