@@ -19,7 +19,7 @@ from jinja2.exceptions import SecurityError
 from markupsafe import escape
 from redis.asyncio import Redis
 
-import shared.templates.rendering as render_module
+import shared.templates as templates_package
 from services.sms.smpp.pdu import DC_DEFAULT
 from services.sms.smpp.text import encode_text
 from shared.channel.app import check_message_templates
@@ -46,7 +46,9 @@ from shared.templates import (
     use_templates,
 )
 from shared.templates.__main__ import main as templates_cli
+from shared.templates.filters import money
 from shared.templates.rendering import html_environment, sample, text_environment
+from shared.templates.variables import required_names
 
 LOCALES = ["en-US", "zh-CN"]
 PLAN_TYPES = ["repayment_due", "overdue_notice", "loan_approved", "verification_callback", "otp"]
@@ -264,7 +266,7 @@ def test_missing_variables_over_the_plans_channels() -> None:
     ],
 )
 def test_required_means_used_outside_a_guard(source: str, required: set[str]) -> None:
-    assert render_module._required(source, False) == required
+    assert required_names(source, False) == required
     data: dict[str, Any] = {k: "2" for k in required} | {"e": "CNY", "items": [1]}
     text_environment().from_string(source).render({k: data[k] for k in required})
 
@@ -375,7 +377,7 @@ def test_any_data_is_escaped_in_html_and_kept_in_text(text: str, name: str) -> N
 def test_the_sandbox_refuses_unsafe_access(source: str) -> None:
     for env in (text_environment(), html_environment()):
         with pytest.raises(SecurityError):
-            env.from_string(source).render(brand={"name": "n"}, money=render_module.money)
+            env.from_string(source).render(brand={"name": "n"}, money=money)
 
 
 # --- SMS segments ------------------------------------------------------------------------
@@ -585,7 +587,7 @@ def copy_templates(tmp_path: Path) -> Path:
     """A copy of the shipped template files in a directory of its own."""
     directory = tmp_path / "templates"
     directory.mkdir()
-    for source in Path(render_module.__file__).parent.glob("*.yaml"):
+    for source in Path(templates_package.__file__).parent.glob("*.yaml"):
         shutil.copy(source, directory / source.name)
     return directory
 

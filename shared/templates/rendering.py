@@ -1,4 +1,4 @@
-"""Rendering: the sandboxed Jinja2 environments, their filters, and the variables a template needs.
+"""Rendering: render() a template for a channel and locale, and the variables it requires.
 
 Every variable a template uses is required unless the template guards it (`{% if x is
 defined %}`, `x is defined`, `x | default(...)`). A required variable missing from the data
@@ -8,34 +8,23 @@ raises MissingVariable naming it; nothing is ever rendered with a hole in it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
-from functools import cache, partial
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel import Locale
-from babel.dates import format_date, format_datetime
-from babel.numbers import format_currency, format_decimal
-from jinja2 import (
-    StrictUndefined,
-    Template,
-    TemplateError,
-    TemplateRuntimeError,
-    TemplateSyntaxError,
-    UndefinedError,
-    nodes,
-    pass_context,
-)
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import missing
+from jinja2 import TemplateSyntaxError
 from markupsafe import Markup, escape
 
 from shared.errors import ConfigError
-from shared.templates.catalog import GENERIC, Catalog, Formats, TemplateSet, catalog
+from shared.templates.catalog import GENERIC, Catalog, TemplateSet, catalog
+from shared.templates.environment import (
+    MissingVariable,
+    compile_source,
+    html_environment,
+    text_environment,
+)
+from shared.templates.filters import TemplateValueError
+from shared.templates.variables import required_names
 
 # Names render() provides itself: never required from the data.
 PROVIDED = frozenset({"brand", "channel", "category", "locale"})
@@ -51,137 +40,6 @@ class Message:
     subject: str
     body: str
     html: str | None = None
-
-
-class MissingVariable(UndefinedError):
-    """A template needs a variable the data does not have."""
-
-    def __init__(self, variable: str, where: str = "") -> None:
-        self.variable = variable
-        self.where = where
-        super().__init__(f"missing variable '{variable}'" + (f" ({where})" if where else ""))
-
-
-class TemplateValueError(TemplateError):
-    """A variable is present but cannot be formatted (an amount that is not a number, ...)."""
-
-
-class _Undefined(StrictUndefined):
-    """StrictUndefined raising MissingVariable with the variable's (or attribute's) name."""
-
-    __slots__ = ()
-
-    def __init__(
-        self,
-        hint: str | None = None,
-        obj: Any = missing,
-        name: str | None = None,
-        exc: type[TemplateRuntimeError] = UndefinedError,
-    ) -> None:
-        super().__init__(hint, obj, name, exc)
-        if exc is UndefinedError:  # the sandbox's refusals stay SecurityError
-            variable = name if name is not None else (hint or "unknown")
-            self._undefined_exception = partial(_missing, variable)  # type: ignore[assignment]
-
-
-def _missing(variable: str, _message: str) -> MissingVariable:
-    return MissingVariable(variable)
-
-
-def _formats(ctx: Context) -> Formats:
-    return catalog().config.formats[ctx["locale"]]
-
-
-def _babel_locale(ctx: Context) -> Locale:
-    return _parsed_locale(str(ctx["locale"]))
-
-
-@cache
-def _parsed_locale(locale: str) -> Locale:
-    return Locale.parse(locale, sep="-")  # parsing costs more than the formatting itself
-
-
-@pass_context
-def money(ctx: Context, value: object, currency: object) -> str:
-    """`1280.5 | money('CNY')` → 'CNY 1,280.50' (en-US) or '1,280.50元' (zh-CN)."""
-    try:
-        amount = Decimal(str(value).replace(",", "").strip())
-    except InvalidOperation:
-        raise TemplateValueError(f"amount {value!r} is not a number") from None
-    code = str(currency).strip().upper()
-    if not re.fullmatch(r"[A-Z]{3}", code):
-        raise TemplateValueError(f"currency {currency!r} is not an ISO 4217 code")
-    fmt, locale = _formats(ctx), _babel_locale(ctx)
-    if fmt.money == "code":
-        return format_currency(amount, code, locale=locale, format="¤¤ #,##0.00")
-    if code in fmt.money_names:
-        return format_decimal(amount, format="#,##0.00", locale=locale) + fmt.money_names[code]
-    return format_currency(amount, code, locale=locale, format_type="name")
-
-
-def _as_date(value: object) -> date:
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise TemplateValueError(f"date {value!r} is not an ISO 8601 date") from None
-
-
-@pass_context
-def date_filter(ctx: Context, value: object) -> str:
-    """`'2026-12-01' | date` → 'December 1, 2026' (en-US) or '2026年12月1日' (zh-CN)."""
-    day = value.date() if isinstance(value, datetime) else _as_date(value)
-    return format_date(day, _formats(ctx).date, locale=_babel_locale(ctx))
-
-
-@pass_context
-def datetime_filter(ctx: Context, value: object) -> str:
-    """An RFC 3339 timestamp in the zone of the optional `timezone` variable, else its own."""
-    try:
-        at = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    except ValueError:
-        raise TemplateValueError(f"timestamp {value!r} is not RFC 3339") from None
-    zone = ctx.get("timezone")
-    if isinstance(zone, str) and at.tzinfo is not None:
-        try:
-            at = at.astimezone(ZoneInfo(zone))
-        except (ZoneInfoNotFoundError, ValueError):
-            raise TemplateValueError(f"time zone {zone!r} is unknown") from None
-    return format_datetime(at, _formats(ctx).datetime, tzinfo=at.tzinfo, locale=_babel_locale(ctx))
-
-
-def spell(value: object) -> str:
-    """'604213' → '6 0 4 2 1 3': a code read out digit by digit."""
-    return " ".join(str(value).replace(" ", ""))
-
-
-def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        autoescape=autoescape,
-        undefined=_Undefined,
-        trim_blocks=True,
-        keep_trailing_newline=False,
-    )
-    env.filters.update(money=money, date=date_filter, datetime=datetime_filter, spell=spell)
-    return env
-
-
-@cache
-def text_environment() -> ImmutableSandboxedEnvironment:
-    """The environment of plain-text parts (SMS, email text, push, voice): no escaping."""
-    return _environment(autoescape=False)
-
-
-@cache
-def html_environment() -> ImmutableSandboxedEnvironment:
-    """The environment of HTML email parts: every value is escaped."""
-    return _environment(autoescape=True)
-
-
-@cache
-def _compile(source: str, html: bool) -> Template:
-    return (html_environment() if html else text_environment()).from_string(source)
 
 
 # --- which parts a channel renders --------------------------------------------------------
@@ -269,24 +127,24 @@ def _render(
         "brand": cat.config.brand[loc],
     }
     parts = _parts(cat.get(name, loc), channel)
-    subject = _compile(parts.subject, False).render(context).strip()
-    body = _compile(parts.body, False).render(context).strip()
+    subject = compile_source(parts.subject, False).render(context).strip()
+    body = compile_source(parts.body, False).render(context).strip()
     footer = ""
     rule = cat.config.footers.get(channel)  # type: ignore[call-overload]
     if rule is not None and category in rule.categories:
-        footer = _compile(rule.text[loc], False).render(context).rstrip()
+        footer = compile_source(rule.text[loc], False).render(context).rstrip()
     if channel == "sms":
-        signature = _compile(cat.config.sms_signature[loc], False).render(context)
+        signature = compile_source(cat.config.sms_signature[loc], False).render(context)
         return Message(subject=subject, body=signature + body + footer)
     if channel != "email":
         return Message(subject=subject, body=body)
     layout = cat.config.email_layout[loc]
-    text = _compile(layout.text, False).render({**context, "content": body, "footer": footer})
+    text = compile_source(layout.text, False).render({**context, "content": body, "footer": footer})
     if parts.html is not None:
-        content = Markup(_compile(parts.html, True).render(context))
+        content = Markup(compile_source(parts.html, True).render(context))
     else:
         content = _paragraphs(body)
-    html = _compile(layout.html, True).render(
+    html = compile_source(layout.html, True).render(
         {**context, "content": content, "footer": footer, "subject": subject}
     )
     return Message(subject=subject, body=_tidy(text), html=html.strip())
@@ -318,7 +176,7 @@ def required_variables(template: str, channel: str, locale: str | None) -> set[s
     name = cat.resolve_name(template)
     needed: set[str] = set()
     for source, html in _sources(cat, name, loc, channel):
-        needed |= _required(source, html)
+        needed |= required_names(source, html)
     return needed - PROVIDED - {"content", "footer", "subject"}
 
 
@@ -338,59 +196,6 @@ def _present(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-@cache
-def _required(source: str, html: bool) -> frozenset[str]:
-    env = html_environment() if html else text_environment()
-    tree = env.parse(source)
-    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    return frozenset(set(_used(tree, frozenset())) - assigned)
-
-
-def _defined_by(test: nodes.Node) -> set[str]:
-    """The names a condition proves defined: `x is defined`, `a is defined and b is defined`."""
-    if (
-        isinstance(test, nodes.Test)
-        and test.name == "defined"
-        and isinstance(test.node, nodes.Name)
-    ):
-        return {test.node.name}
-    if isinstance(test, nodes.And):
-        return _defined_by(test.left) | _defined_by(test.right)
-    return set()
-
-
-def _used(node: nodes.Node, guarded: frozenset[str]) -> Iterator[str]:
-    """The names `node` reads that no enclosing `defined` test or `default` filter guards."""
-    if isinstance(node, nodes.Name):
-        if node.ctx == "load" and node.name not in guarded:
-            yield node.name
-        return
-    if isinstance(node, (nodes.Filter, nodes.Test)) and node.name in ("default", "d", "defined"):
-        if isinstance(node.node, nodes.Name):  # the guarded name itself; its arguments are not
-            for arg in [*node.args, *(kw.value for kw in node.kwargs)]:
-                yield from _used(arg, guarded)
-            return
-    if isinstance(node, nodes.If):
-        yield from _used(node.test, guarded)
-        for inner in node.body:
-            yield from _used(inner, guarded | _defined_by(node.test))
-        for other in [*node.elif_, *node.else_]:
-            yield from _used(other, guarded)
-        return
-    if isinstance(node, nodes.And):  # `x is defined and x > 0`: the right side is guarded
-        yield from _used(node.left, guarded)
-        yield from _used(node.right, guarded | _defined_by(node.left))
-        return
-    if isinstance(node, nodes.CondExpr):
-        yield from _used(node.test, guarded)
-        yield from _used(node.expr1, guarded | _defined_by(node.test))
-        if node.expr2 is not None:
-            yield from _used(node.expr2, guarded)
-        return
-    for child in node.iter_child_nodes():
-        yield from _used(child, guarded)
-
-
 def check_templates() -> None:
     """Load and compile every template of every locale and channel; ConfigError names the
     first that is invalid (at start-up rather than at the first send)."""
@@ -400,8 +205,8 @@ def check_templates() -> None:
             for channel in CHANNELS:
                 for source, html in _sources(cat, name, locale, channel):
                     try:
-                        _required(source, html)
-                        _compile(source, html)
+                        required_names(source, html)
+                        compile_source(source, html)
                     except TemplateSyntaxError as exc:
                         where = f"{locale}.yaml or config.yaml: {name} ({channel})"
                         raise ConfigError(f"{where}: line {exc.lineno}: {exc.message}") from None
