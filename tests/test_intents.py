@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from services.router.intents import (
     load_rules,
     respond_by_delta,
 )
-from services.router.intents.normalize import Variants, fold, normalize, whole
+from services.router.intents.normalize import Variants, fold, literal_union, normalize, whole
 from shared.config import RouterSettings
 from shared.errors import ConfigError
 from tools import intent_eval
@@ -128,6 +130,26 @@ def test_variants_are_canonical_and_respect_english_words() -> None:
     assert normalize("年化利率", v) == "年化利息"
     assert normalize("Can u pay? but I CANT", v) == "can you pay? but i cannot"
     assert normalize("umbrella", v) == "umbrella"  # `u` only as a word of its own
+
+
+def test_literal_union_finds_the_longest_literal_within_word_bounds() -> None:
+    rx = re.compile(literal_union(["end", "stop", "stop all", "还款", "还款日", "pay", "t"]))
+    assert [m.group(0) for m in rx.finditer("stop all, i spend; 还款日 我的pay款")] == [
+        "stop all",
+        "还款日",
+        "pay",
+    ]
+    assert rx.search("spend payment tt") is None  # ASCII literals never inside ASCII words
+    assert rx.search("t") is not None and rx.search("end.") is not None
+
+
+def test_a_long_message_is_cheap_and_only_its_start_is_matched(classifier: Classifier) -> None:
+    limit = classifier.rules.max_chars
+    filler = "我们聊聊天气和周末的安排吧。" * (limit // 10)
+    started = time.perf_counter()
+    assert classifier.classify(filler * 20 + "我手机丢了", "email").intent == "other"
+    assert time.perf_counter() - started < 1.0  # without the limit: seconds
+    assert classifier.classify("我手机丢了。" + filler * 20, "email").intent == "fraud"
 
 
 def test_typos_variants_and_mixed_language_classify(classifier: Classifier) -> None:

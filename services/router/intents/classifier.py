@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from services.router.intents.normalize import Variants, bounded, fold, normalize, whole
+from services.router.intents.normalize import Variants, fold, literal_union, normalize, whole
 from services.router.intents.rules import OTHER, TIERS, IntentRule, RuleBook, Tier, load_rules
 
 Scope = Literal["this", "all"]
@@ -105,11 +105,10 @@ class Classifier:
     def _matcher(self, name: str, rule: IntentRule) -> _Matcher:
         words = {self._canon(w) for ws in rule.keywords.values() for w in ws}
         words.discard("")
-        alternation = "|".join(bounded(w) for w in sorted(words, key=len, reverse=True))
         return _Matcher(
             intent=name,
             tier=rule.tier,
-            keywords=re.compile(alternation) if alternation else None,
+            keywords=re.compile(literal_union(words)) if words else None,
             patterns=tuple(
                 re.compile(p, re.IGNORECASE) for ps in rule.patterns.values() for p in ps
             ),
@@ -126,7 +125,7 @@ class Classifier:
         if m := self._feedback.fullmatch(bare):
             score = self._scores[m.group("score")]
             return Classification("feedback", None, score=score, matched=f"score {bare!r}")
-        folded = fold(text)
+        folded = fold(text[: self.rules.max_chars])
         if not folded:
             if channel == "voice":
                 return Classification("callback_request", "high", matched="missed call")
@@ -137,7 +136,7 @@ class Classifier:
         """Every intent rule the message matches, in precedence order (the first is what
         `classify` returns unless a whole-message keyword, a score or a missed call decides).
         For debugging rules: which other intents a message would have been."""
-        return list(self._rule_matches(fold(text)))
+        return list(self._rule_matches(fold(text[: self.rules.max_chars])))
 
     def _rule_matches(self, folded: str) -> Iterator[Classification]:
         canon = self._variants.apply(folded)

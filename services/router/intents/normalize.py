@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 _SPACE = re.compile(r"\s+")
 # Typographic quotes and dashes NFKC keeps: the rules are written with the ASCII ones.
@@ -44,15 +45,42 @@ def whole(text: str) -> str:
     return trim_edges(fold(text)).strip()
 
 
-def bounded(literal: str) -> str:
-    """A regex for a folded literal; an ASCII word at either end must not continue into more
-    ASCII letters or digits (`end` is not found in `spend`, `pay` is found in `我的pay款`)."""
-    body = re.escape(literal)
-    if _ASCII_WORD.match(literal[:1]):
-        body = r"(?<![a-z0-9])" + body
-    if _ASCII_WORD.match(literal[-1:]):
-        body += r"(?![a-z0-9])"
-    return body
+def _end(last: str) -> str:
+    return r"(?![a-z0-9])" if _ASCII_WORD.match(last) else ""
+
+
+def literal_union(literals: Iterable[str]) -> str:
+    """One regex finding any of the folded literals. An ASCII letter or digit at either end of
+    a literal must not continue into more ASCII letters or digits (`end` is not found in
+    `spend`, `pay` is found in `我的pay款`). Written as a trie (`还款(?:日|方式)`), so the engine
+    tries one branch per position instead of every literal: a long message costs time linear
+    in its length, not length × literals. At a position, the longest literal that matches is
+    the one found."""
+    trie: dict[str, Any] = {}
+    for word in set(literals):
+        if not word:
+            continue
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any], last: str) -> str:
+        alts = [re.escape(ch) + build(node[ch], ch) for ch in sorted(k for k in node if k)]
+        if "" in node:
+            alts.append(_end(last))  # after the longer continuations: longest first
+        if len(alts) == 1:
+            return alts[0]
+        return "(?:" + "|".join(alts) + ")"
+
+    ascii_start = {k: v for k, v in trie.items() if _ASCII_WORD.match(k)}
+    other_start = {k: v for k, v in trie.items() if not _ASCII_WORD.match(k)}
+    parts = []
+    if ascii_start:
+        parts.append(r"(?<![a-z0-9])" + build(ascii_start, ""))
+    if other_start:
+        parts.append(build(other_start, ""))
+    return "|".join(parts)
 
 
 class Variants:
@@ -60,8 +88,7 @@ class Variants:
 
     def __init__(self, mapping: Mapping[str, str]) -> None:
         self._canonical = {fold(k): fold(v) for k, v in mapping.items() if fold(k)}
-        keys = sorted(self._canonical, key=len, reverse=True)
-        self._regex = re.compile("|".join(bounded(k) for k in keys)) if keys else None
+        self._regex = re.compile(literal_union(self._canonical)) if self._canonical else None
 
     def apply(self, text: str) -> str:
         if self._regex is None:

@@ -120,6 +120,9 @@ class Feedback(_Frozen):
 
 class RuleBook(_Frozen):
     version: Literal[1]
+    # Only the first max_chars characters of a message are matched against the intent rules
+    # (a borrower states the point first; a huge email must not cost the router seconds).
+    max_chars: int = Field(default=2000, ge=100)
     variants: dict[Text, Text] = Field(default_factory=dict)
     keywords: Keywords
     feedback: Feedback
