@@ -390,6 +390,8 @@ def _broken(shipped: dict[str, Any], change: str) -> dict[str, Any]:
         rules["keywords"]["opt_in"].append("STOP")
     elif change == "score":
         rules["feedback"]["scores"]["6"] = 6
+    elif change == "max_chars":
+        rules["max_chars"] = 10
     return rules
 
 
@@ -405,6 +407,7 @@ def _broken(shipped: dict[str, Any], change: str) -> dict[str, Any]:
         ("no_rule", "intents.empty"),
         ("opt_clash", "keywords: Value error, 'STOP' is in both opt_out and opt_in"),
         ("score", "feedback.scores.6"),
+        ("max_chars", "max_chars: Input should be greater than or equal to 100"),
     ],
 )
 def test_bad_rules_file_names_file_and_field(
