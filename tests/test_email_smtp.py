@@ -34,6 +34,7 @@ from channel_support import (
     dispatch,
     produce,
     serving,
+    wait_until,
 )
 from redis.asyncio import Redis
 
@@ -600,6 +601,15 @@ def test_dsn_found_by_its_envelope_id_and_replies_classified() -> None:
     parsed = classify(unsubscribe.as_bytes(), settings, ["reply@bank.example"], "li.na@example.com")
     assert isinstance(parsed, Reply) and parsed.text == "unsubscribe" and parsed.refs == [ref]
 
+    odd = dsn("postmaster@bank.example", returned_id=f"<{ref}@bank.example>").replace(
+        b"text/rfc822-headers", b"text/rfc822-headers; charset=x-unknown"
+    )
+    odd_found = classify(odd, settings)
+    assert isinstance(odd_found, Bounce) and odd_found.ref == ref
+    bogus = b"From: a@example.com\r\nContent-Type: text/plain; charset=x-bogus\r\n\r\nhello"
+    bogus_reply = classify(bogus, settings)
+    assert isinstance(bogus_reply, Reply) and bogus_reply.text == "hello"
+
     null_sender = classify(reply("<x@y>", "Delivery failed."), settings, [], "<>")
     assert isinstance(null_sender, Ignored)
     outlook = "Paid.\r\n\r\n-----Original Message-----\r\nFrom: Tongda Bank\r\n> old"
@@ -791,7 +801,7 @@ def test_the_service_exits_2_on_a_missing_smtp_setting() -> None:
 
 
 async def test_channel_service_publishes_delivered_and_bounced(
-    make_settings: Callable[..., ChannelSettings],
+    make_settings: Callable[..., ChannelSettings], redis: Redis
 ) -> None:
     settings = make_settings("email", provider="smtp")
     await create_topics(settings)
@@ -813,6 +823,10 @@ async def test_channel_service_publishes_delivered_and_bounced(
                 await asyncio.wait_for(r.arrived.wait(), 15)
             verp = next(e.mail_from for e in r.received if e.rcpt_tos == ["gone@example.com"])
             assert provider.listener is not None and verp is not None
+            # a real DSN comes seconds after the send; one racing the hand-over can be lost by
+            # ReceiptBook.resolve (memory, then Redis, never memory again): wait for the save
+            ref = verp.partition("+")[2].partition("@")[0]
+            await wait_until(lambda: redis.exists(f"{settings.key_prefix}receipt:email:{ref}"))
             await deliver(provider.listener.port, dsn(verp), verp)
             records = await collect(settings, settings.topics.router_inbox, 2)
         outcomes = {

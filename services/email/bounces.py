@@ -136,7 +136,9 @@ def _bounce(message: EmailMessage, settings: SmtpSettings, rcpt_tos: Sequence[st
             if isinstance(inner, list) and inner and isinstance(inner[0], Message):
                 returned = inner[0]
         elif kind == "text/rfc822-headers" and returned is None:
-            returned = HeaderParser().parsestr(str(part.get_content()))
+            payload = part.get_payload(decode=True)  # headers are ASCII whatever the charset
+            text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+            returned = HeaderParser().parsestr(text)
     per_message = blocks[0] if blocks else Message()
     recipients = blocks[1:] or [Message()]
     # One recipient per message (ours): its failure, else its first report.
@@ -209,8 +211,9 @@ def reply_text(message: EmailMessage) -> str:
         return ""
     try:
         content = str(body.get_content())
-    except (LookupError, UnicodeError, KeyError):
-        return ""
+    except (LookupError, UnicodeError, KeyError):  # an unknown charset: read it as UTF-8
+        payload = body.get_payload(decode=True)
+        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
     if body.get_content_type() == "text/html":
         parser = _TextOfHtml()
         parser.feed(content)

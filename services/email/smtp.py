@@ -211,7 +211,11 @@ class SmtpProvider(Provider):
     ) -> Received:
         """Handle one received message: a bounce, a reply, or nothing. Raises when its
         outcome or inquiry could not be published (the sender should try again)."""
-        item = classify(raw, self.settings, rcpt_tos, mail_from)
+        try:
+            item = classify(raw, self.settings, rcpt_tos, mail_from)
+        except Exception as exc:  # malformed beyond what the email package tolerates
+            log.warning("inbound email unreadable: %s", type(exc).__name__)
+            return Received("ignored", "unreadable message")
         if isinstance(item, Bounce):
             return await self._bounce(item)
         if isinstance(item, Reply):
