@@ -21,12 +21,12 @@ PREFIX = "TONGDA_SMTP_"
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 
 
-def _mailbox(value: str, what: str) -> str:
+def _mailbox(value: str) -> str:
     """`value` if it is a plain ASCII address `local@domain.tld`, else ValueError."""
     _, addr = parseaddr(value)
     local, at, domain = addr.rpartition("@")
     if not at or not local or "." not in domain or not addr.isascii() or " " in addr:
-        raise ValueError(f"{what}: an address like name@bank.example is required")
+        raise ValueError("an address like name@bank.example is required")
     return addr
 
 
@@ -68,13 +68,13 @@ class SmtpSettings(BaseSettings):
     @classmethod
     def _from(cls, value: str) -> str:
         name, addr = parseaddr(value)
-        _mailbox(value, "from_address")
+        _mailbox(value)
         return str(Address(display_name=name, addr_spec=addr)) if name else addr
 
     @field_validator("bounce_address", "reply_to")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        return None if value is None else _mailbox(value, "address")
+        return None if value is None else _mailbox(value)
 
     @field_validator("list_unsubscribe")
     @classmethod
@@ -95,21 +95,24 @@ class SmtpSettings(BaseSettings):
             if not path:
                 continue
             if data.get(name):
-                raise ValueError(f"set {PREFIX}{name.upper()} or {name.upper()}_FILE, not both")
+                var = f"{PREFIX}{name.upper()}"
+                raise ValueError(f"set {var} or {var}_FILE, not both")
             try:
                 data[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+                raise ValueError(
+                    f"{PREFIX}{name.upper()}_FILE: cannot read {path}: {exc.strerror}"
+                ) from None
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> SmtpSettings:
         if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together (AUTH)")
+            raise ValueError(f"{PREFIX}USERNAME and {PREFIX}PASSWORD go together (AUTH)")
         if self.username is not None and self.security == "none":
-            raise ValueError("AUTH needs TLS: set security to starttls or tls")
+            raise ValueError(f"AUTH needs TLS: set {PREFIX}SECURITY to starttls or tls")
         if self.ca_file is not None and not self.ca_file.is_file():
-            raise ValueError(f"ca_file: {self.ca_file} is not a file")
+            raise ValueError(f"{PREFIX}CA_FILE: {self.ca_file} is not a file")
         return self
 
     @property
@@ -151,6 +154,6 @@ def load_smtp_settings(**overrides: Any) -> SmtpSettings:
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
             where = "__".join(str(p) for p in err["loc"]).upper()
-            name = f"{PREFIX}{where}" if where else f"{PREFIX}*"
-            problems.append(f"{name}: {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{PREFIX}{where}: {message}" if where else message)
         raise ConfigError("invalid SMTP configuration: " + "; ".join(problems)) from None
