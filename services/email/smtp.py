@@ -106,7 +106,12 @@ class SmtpProvider(Provider):
         self._window.start()
         if self.settings.inbound_port is not None:
             self._listener = InboundListener(self.settings, self.receive, self.accepts)
-            await self._listener.start()
+            try:
+                await self._listener.start()
+            except BaseException:  # e.g. the port is taken: the service will not start
+                self._listener = None
+                await self._window.stop()
+                raise
         s = self.settings
         log.info(
             "smtp provider: relay %s:%d (%s, %s), bounce window %g s",
