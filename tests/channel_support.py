@@ -73,7 +73,12 @@ def dispatch(channel: Channel, recipient: str, **overrides: Any) -> Dispatch:
         "leg": 0,
         "attempt": 1,
         "recipient": recipient,
-        "data": {"loan_id": "L-1", "amount_due": "1200.00", "currency": "CNY"},
+        "data": {
+            "loan_id": "L-1",
+            "amount_due": "1200.00",
+            "currency": "CNY",
+            "due_date": "2026-12-01",
+        },
         "dispatched_at": now,
         "requested_at": now,
     }

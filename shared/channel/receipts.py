@@ -85,10 +85,18 @@ class ReceiptBook:
         try:
             if ref is None:
                 raw = await self.redis.get(self.key(pmid))
-                if raw is None:
+                # accepted() may have run while Redis answered: look in memory again before
+                # keeping the receipt as early (it would wait for an accept already past).
+                ref = self._pending.pop(pmid, None)
+                if ref is not None:
+                    saved = pmid not in self._unsaved
+                    self._unsaved.discard(pmid)
+                    self._in_flight.dec()
+                elif raw is None:
                     self._keep_early(receipt)
                     return False
-                ref = AttemptRef.from_json(raw)
+                else:
+                    ref = AttemptRef.from_json(raw)
             await self.publisher.publish(ref, receipt.outcome, pmid, receipt.detail, receipt.at)
             if saved:
                 await self.redis.delete(self.key(pmid))
