@@ -38,6 +38,10 @@ def nested(levels: int) -> bytes:
     return b'{"a":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
 
 
+# what the overdue_notice messages need
+DATA = {"amount_due": "1200.00", "currency": "CNY", "due_date": "2026-12-01"}
+
+
 def request(nid: str, **kw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
         "schema": "notification.requested/v1",
@@ -46,16 +50,22 @@ def request(nid: str, **kw: Any) -> dict[str, Any]:
         "customer_id": "pill-c1",
         "occurred_at": datetime.now(UTC).isoformat(),
         "contacts": {"phone": "+8613800000001"},
+        "data": DATA,
     }
     out.update(kw)
     return out
 
 
-def request_with_raw_data(nid: str, data: bytes) -> bytes:
-    """A request whose `data` is the given JSON bytes (spliced in: it may be too deep for
-    any encoder)."""
-    head = orjson.dumps(request(nid))[:-1]
-    return head + b',"data":' + data + b"}"
+def request_with_raw_data(nid: str, extra: bytes, *, schema: bool = True) -> bytes:
+    """A request whose `data` holds the given JSON bytes as `data.x` (spliced in: they may be
+    too deep for any encoder)."""
+    body = request(nid)
+    del body["data"]
+    if not schema:
+        del body["schema"]
+    return (
+        orjson.dumps(body)[:-1] + b',"data":' + orjson.dumps(DATA)[:-1] + b',"x":' + extra + b"}}"
+    )
 
 
 # --- 3: every topic has a size limit ---------------------------------------------------------
@@ -157,8 +167,8 @@ async def test_a_request_at_the_size_limit_makes_a_dispatch_the_channel_accepts(
         # numbers written short that re-serialise long: `1E9` becomes `1000000000.0`
         numbers = b"[" + b",".join([b"1E9"] * 200_000) + b"]"
         text = "x" * (MAX_VALUE_BYTES - len(numbers) - 2_000)
-        data = b'{"note":' + orjson.dumps(text) + b',"numbers":' + numbers + b"}"
-        raw = request_with_raw_data("big-1", data)
+        extra = b'{"note":' + orjson.dumps(text) + b',"numbers":' + numbers + b"}"
+        raw = request_with_raw_data("big-1", extra)
         assert MAX_VALUE_BYTES - 4_000 < len(raw) <= MAX_VALUE_BYTES
         async with Reader(broker, t.dispatch("voice"), t.deadletter) as r:
             await h.publish(t.requested, raw)
@@ -167,7 +177,7 @@ async def test_a_request_at_the_size_limit_makes_a_dispatch_the_channel_accepts(
     assert len(voice.value) > MAX_VALUE_BYTES  # the envelope and the numbers made it grow
     assert len(voice.value) <= MAX_INTERNAL_VALUE_BYTES
     got = decode(voice.value, Dispatch)  # what the channel service runs on it
-    assert got.notification_id == "big-1" and got.data["note"] == text
+    assert got.notification_id == "big-1" and got.data["x"]["note"] == text
 
 
 # --- 2, 5 on the HTTP API --------------------------------------------------------------------
@@ -202,14 +212,16 @@ async def test_api_refuses_a_body_whose_record_would_exceed_the_limit(
 ) -> None:
     client, h = api
     # the body fits; the record the API would publish (schema added) does not
-    body = request("api-edge")
-    del body["schema"]
-    raw = orjson.dumps(body)[:-1] + b',"data":{"note":"'
-    raw += b"x" * (MAX_VALUE_BYTES - len(raw) - 3) + b'"}}'
+    head = request_with_raw_data("api-edge", b'""', schema=False)
+    raw = request_with_raw_data(
+        "api-edge", b'"' + b"x" * (MAX_VALUE_BYTES - len(head)) + b'"', schema=False
+    )
     assert len(raw) == MAX_VALUE_BYTES
     # and numbers written short that re-serialise long
-    short = orjson.dumps(request("api-numbers"))[:-1] + b',"data":{"n":['
-    short += b",".join([b"1E9"] * ((MAX_VALUE_BYTES - len(short) - 10) // 4)) + b"]}}"
+    head = request_with_raw_data("api-numbers", b"[]")
+    short = request_with_raw_data(
+        "api-numbers", b"[" + b",".join([b"1E9"] * ((MAX_VALUE_BYTES - len(head)) // 4)) + b"]"
+    )
     assert len(short) <= MAX_VALUE_BYTES
     async with Reader(broker, h.settings.topics.requested) as r:
         for payload in (raw, short):
