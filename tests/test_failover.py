@@ -351,9 +351,7 @@ async def test_in_the_sms_service_outcomes_name_the_provider_that_took_the_send(
 ) -> None:
     s = make_settings("sms", provider="smpp,sandbox")
     await create_topics(s)
-    # receipts a moment after the submit: one in the very instant of the send's Accepted can
-    # be lost by shared/channel/receipts.py (a race outside the provider, reported)
-    smsc = TestSmsc(password="pw", receipt_delay_s=0.05)
+    smsc = TestSmsc(password="pw")
     await smsc.start()
     smpp = SmppProvider(
         SmppSettings(port=smsc.port, system_id="tongda", password="pw", bind_wait_s=0.1)

@@ -456,9 +456,6 @@ async def test_sms_service_with_smpp_reports_outcomes_and_inquiries(
 ) -> None:
     s = make_settings("sms", provider="smpp")
     await create_topics(s)
-    # receipts a moment after the submit: one in the very instant of the send's Accepted can
-    # be lost by shared/channel/receipts.py (a race outside the provider, reported)
-    smsc.receipt_delay_s = 0.05
     provider = SmppProvider(smpp_settings(smsc))
     data = {"loan_id": "L-1", "amount_due": "1200.00", "currency": "CNY", "due_date": "2026-11-25"}
     d = dispatch("sms", "+8613800130006", data=data)
