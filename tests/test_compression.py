@@ -60,6 +60,7 @@ def request(nid: str, cid: str) -> bytes:
             "type": "repayment_due",
             "customer_id": cid,
             "occurred_at": datetime.now(UTC).isoformat(),
+            "data": {"amount_due": "1280.00", "currency": "CNY", "due_date": "2026-12-01"},
             "contacts": {"push_tokens": ["tok-" + nid]},
         }
     )
