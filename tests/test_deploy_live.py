@@ -34,7 +34,7 @@ from tools.demo import run_demo
 from tools.devstack.base import HOST
 from tools.devstack.net import http_get
 from tools.devstack.stack import Stack
-from tools.prometheus import PrometheusServer, rule_files, write_config
+from tools.prometheus import PrometheusServer, rule_files, start_local
 from tools.scenarios import LOAN
 
 pytestmark = [
@@ -170,10 +170,8 @@ def check_metrics(port: int) -> subprocess.CompletedProcess[str]:
 async def test_every_panel_and_rule_answers_from_a_stack_under_load(
     stack: Stack, tmp_path: Path
 ) -> None:
-    targets = {f"tongda-{name}": f"{HOST}:{svc.port}" for name, svc in stack.services.items()}
-    cfg = write_config(tmp_path / "prometheus.yml", targets, scrape_interval_s=1)
-    prom = PrometheusServer(tmp_path / "prometheus.log", cfg, tmp_path / "tsdb")
-    prom.start()
+    ports = {name: svc.port for name, svc in stack.services.items()}
+    prom = start_local(tmp_path, ports, scrape_interval_s=1)
     try:
         await until(prom, 'count(up{service=~"tongda-.+"} == 1) == 5', 30)
         ids = await post_notifications(stack, 9)

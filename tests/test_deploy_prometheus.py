@@ -5,9 +5,11 @@ tools/dashboards.py generates, and a real Prometheus parses every rule and panel
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,14 @@ import pytest
 import yaml
 
 from tools import dashboards
-from tools.prometheus import RULES_DIR, PrometheusServer, rule_files, write_config
+from tools.prometheus import (
+    RULES_DIR,
+    PrometheusServer,
+    PromQLError,
+    rule_files,
+    start_local,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_TESTS = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.test.yml"))
@@ -218,7 +227,26 @@ def test_prometheus_parses_every_rule_and_panel_query(idle_prometheus: Prometheu
 
 @needs_prometheus
 def test_prometheus_refuses_a_broken_query(idle_prometheus: PrometheusServer) -> None:
-    from tools.prometheus import PromQLError
-
     with pytest.raises(PromQLError, match="bad_data"):
         idle_prometheus.query("sum by (le (rate(x[5m]))")
+
+
+@needs_prometheus
+async def test_start_local_scrapes_its_targets_with_namespace_and_service(
+    idle_prometheus: PrometheusServer, tmp_path: Path
+) -> None:
+    """`make up`'s Prometheus: targets labelled like the ServiceMonitor's (here it scrapes the
+    idle Prometheus' own /metrics, as if it were a service named `self`)."""
+    server = start_local(tmp_path, {"self": idle_prometheus.port}, scrape_interval_s=0.2)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        deadline = time.monotonic() + 20
+        # a scrape is no event we can await: poll the API
+        while not server.query('up{namespace="local", service="tongda-self"} == 1'):
+            assert time.monotonic() < deadline, server.targets_up()
+            await asyncio.sleep(0.1)
+        assert server.targets_up() == {"tongda-self": True}
+        assert {g["name"] for g in server.rule_groups()} >= {"tongda-operations"}
+    finally:
+        server.stop_sync()
+    assert not server.running

@@ -163,6 +163,25 @@ class PrometheusServer(InfraProcess):
         return {t["labels"]["service"]: t["health"] == "up" for t in active}
 
 
+def start_local(
+    run_dir: Path,
+    ports: Mapping[str, int],
+    *,
+    scrape_interval_s: float = 5.0,
+    port: int | None = None,
+    detached: bool = False,
+) -> PrometheusServer:
+    """Start a Prometheus under `run_dir`/prometheus scraping the services on 127.0.0.1
+    ({"router": 8080, "sms": 8081, ...}), with the project's rules; `.url` is where it answers.
+    For `make up` (detached=True: it outlives the caller; stop it through its `record()`)."""
+    work = run_dir / "prometheus"
+    targets = {f"tongda-{name}": f"{HOST}:{p}" for name, p in ports.items()}
+    cfg = write_config(work / "prometheus.yml", targets, scrape_interval_s=scrape_interval_s)
+    server = PrometheusServer(work / "prometheus.log", cfg, work / "data", port, detached=detached)
+    server.start()
+    return server
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.prometheus", description=__doc__)
     parser.add_argument(
