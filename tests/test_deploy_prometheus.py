@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tools import dashboards
 from tools.prometheus import (
@@ -142,6 +143,50 @@ def test_burn_rate_alerts_pair_a_long_and_a_short_window() -> None:
         for window in pairs[speed]:
             assert f"ratio_rate{window}{{" in rule["expr"], (rule["alert"], window)
         assert rule["expr"].count(" and ") == 2 and rule["expr"].count("or ") == 1
+
+
+def exposition_of_every_metric() -> str:
+    """shared/metrics.py's metrics re-declared in a private registry with one sample each
+    (promtool lints samples: a family with none passes whatever its name)."""
+    import shared.metrics as defined
+
+    registry = CollectorRegistry()
+    count = 0
+    for metric in vars(defined).values():
+        if not isinstance(metric, Counter | Gauge | Histogram):
+            continue
+        name = metric._name  # the name without the _total a Counter adds
+        kwargs: dict[str, Any] = {"labelnames": metric._labelnames, "registry": registry}
+        if isinstance(metric, Histogram):
+            kwargs["buckets"] = metric._upper_bounds
+        copy = type(metric)(name, metric._documentation, **kwargs)
+        child = copy.labels(*["x"] * len(metric._labelnames)) if metric._labelnames else copy
+        if isinstance(child, Histogram):
+            child.observe(1)
+        elif isinstance(child, Counter):
+            child.inc()
+        else:
+            child.set(1)
+        count += 1
+    assert count >= 30
+    return generate_latest(registry).decode()
+
+
+def check_metrics(text: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+
+
+@needs_promtool
+def test_every_defined_metric_passes_promtool_check_metrics() -> None:
+    """Every metric of shared/metrics.py follows Prometheus' naming rules (units, _total);
+    tests/test_deploy_live.py checks the services' live /metrics too."""
+    result = check_metrics(exposition_of_every_metric())
+    assert result.returncode == 0, result.stdout + result.stderr
+    refused = check_metrics("# TYPE tongda_lag_seconds_total gauge\ntongda_lag_seconds_total 1\n")
+    assert refused.returncode != 0
 
 
 # --- dashboards -------------------------------------------------------------------------------
