@@ -76,7 +76,9 @@ class Board:
             .with_variable(
                 dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
             )
-            .with_variable(variable("namespace", "label_values(up, namespace)"))
+            .with_variable(
+                variable("namespace", 'label_values(up{service=~"tongda-.+"}, namespace)')
+            )
             .with_variable(
                 variable(
                     "service",
