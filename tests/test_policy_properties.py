@@ -221,6 +221,18 @@ class Streams(RuleBasedStateMachine):
             calls.append((self.now, debt))
 
     @invariant()
+    def no_notification_is_stuck(self) -> None:
+        """Every notification is final, or waits for an attempt in flight or a timer."""
+        waiting = {body[2] for _, body in self.timers.values()}
+        flying = {k[0] for k in self.in_flight}
+        for nid, state in self.states.items():
+            if state.final:
+                continue
+            if state.phase == "dispatched":
+                assert nid in flying, f"{nid} waits for an attempt nobody has"
+            assert nid in waiting, f"{nid} has no timer ({state.phase}, leg {state.leg})"
+
+    @invariant()
     def at_most_three_answered_calls_per_local_day(self) -> None:
         for cid, answered in self.answered.items():
             tz = ZoneInfo(self.profiles[cid].timezone or "Asia/Shanghai")

@@ -22,18 +22,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka.structs import TopicPartition
 
-from shared.config import RouterSettings, Topics
+from shared.clock import Clock
+from shared.config import CommonSettings, RouterSettings, Topics
 from shared.masking import scrub
 from tools.devstack import DEFAULT_RUN_DIR, DevstackError, Stack
 from tools.scenarios import (
+    DEMO_START,
     INVALID,
+    RULES,
     SCENARIOS,
     InvalidScenario,
     Scenario,
@@ -47,6 +49,9 @@ from tools.scenarios import (
 Print = Callable[[str], None]
 
 DEFAULT_DEADLINE_S = 90.0
+# The demo's clock: 22:30 in Shanghai when the stack is ready, 2,000 times faster than real
+# time (the night passes in 17 s, a 15-minute call-back in 0.45 s).
+DEFAULT_TIME_SCALE = 0.0005
 DEFAULT_SETTLE_S = 30.0  # the longest wait for the router to take in the profiles
 DEFAULT_LINGER_S = 2.0
 
@@ -60,6 +65,7 @@ class Seen:
     """What the demo read back for its run."""
 
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by notification id
+    decisions: dict[str, list[str]] = field(default_factory=dict)  # audit decisions, by id
     deadletters: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # by record key
     stray: int = 0  # records of this run that match no scenario
 
@@ -68,6 +74,7 @@ class Seen:
 class NotificationResult:
     scenario: Scenario
     statuses: tuple[dict[str, Any], ...]
+    decisions: tuple[str, ...] = ()
 
     @property
     def status(self) -> str | None:
@@ -83,11 +90,25 @@ class NotificationResult:
 
     @property
     def ok(self) -> bool:
-        return len(self.statuses) == 1 and self.status == self.scenario.expected_status
+        s = self.scenario
+        return (
+            len(self.statuses) == 1
+            and self.status == s.expected_status
+            and (self.path_ok or not s.strict_path)
+            and not self.missing_decisions
+        )
 
     @property
     def path_ok(self) -> bool:
         return self.scenario.path_matches(self.path)
+
+    @property
+    def missing_decisions(self) -> list[str]:
+        return [
+            want
+            for want in self.scenario.expected_decisions
+            if not any(d.startswith(want) for d in self.decisions)
+        ]
 
 
 @dataclass(frozen=True)
@@ -164,14 +185,16 @@ async def run_demo(
     say: Print | None = _say,
     scenarios: Sequence[Scenario] = SCENARIOS,
     invalid: Sequence[InvalidScenario] = INVALID,
+    clock: Clock | None = None,
 ) -> DemoResult:
-    """Publish the scenarios to the broker at `bootstrap` and collect what comes back."""
+    """Publish the scenarios to the broker at `bootstrap` and collect what comes back.
+    `clock`: the stack's (events carry its time); the real clock by default."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     run_id = run_id or new_run_id()
     t = topics or Topics()
     note = say or (lambda _: None)
-    now = datetime.now(UTC)
+    now = (clock or Clock.real()).now()
     prefix = f"demo-{run_id}-"
     by_id = {s.notification_id(run_id): s for s in scenarios}
     invalid_keys = {s.key(run_id): s for s in invalid}
@@ -181,6 +204,7 @@ async def run_demo(
     consumer = AIOKafkaConsumer(
         t.status,
         t.deadletter,
+        t.audit,
         bootstrap_servers=bootstrap,
         group_id=None,
         client_id=f"tongda-demo-{run_id}",
@@ -266,7 +290,10 @@ async def run_demo(
     return DemoResult(
         run_id=run_id,
         notifications=tuple(
-            NotificationResult(s, tuple(seen.statuses.get(nid, ()))) for nid, s in by_id.items()
+            NotificationResult(
+                s, tuple(seen.statuses.get(nid, ())), tuple(seen.decisions.get(nid, ()))
+            )
+            for nid, s in by_id.items()
         ),
         deadletters=tuple(
             DeadLetterResult(s, tuple(seen.deadletters.get(k, ()))) for k, s in invalid_keys.items()
@@ -284,6 +311,15 @@ def _collect(
     invalid_keys: dict[str, InvalidScenario],
     seen: Seen,
 ) -> None:
+    if rec.topic == t.audit:
+        try:
+            record = orjson.loads(rec.value)
+        except orjson.JSONDecodeError:
+            return
+        nid = str(record.get("notification_id") or "")
+        if nid in by_id and record.get("decision"):
+            seen.decisions.setdefault(nid, []).append(str(record["decision"]))
+        return
     if rec.topic == t.status:
         try:
             value = orjson.loads(rec.value)
@@ -350,6 +386,11 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
         pad = " " * 8
         if n.statuses and not n.path_ok:
             lines.append(f"{pad}path differs from the expected {n.scenario.expected_path_text()}")
+        if n.scenario.expected_decisions or verbose:
+            for decision in n.decisions:
+                lines.append(f"{pad}↳ {_safe(decision)}")
+        for want in n.missing_decisions:
+            lines.append(f"{pad}expected a decision {want!r}, not seen")
         if verbose:
             for a in n.attempts:
                 detail = f" ({_safe(a['detail'])})" if a.get("detail") else ""
@@ -396,8 +437,17 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
 
 async def _main(args: argparse.Namespace) -> int:
     if args.bootstrap:
+        clock = CommonSettings().clock()  # TONGDA_TIME_SCALE / _CLOCK_* from `make up`'s env
+        rules = clock.start == DEMO_START
+        if not rules:
+            _say("the stack's clock does not start at the demo's 22:30: rule scenarios skipped")
         result = await run_demo(
-            args.bootstrap, deadline_s=args.deadline, settle_s=args.settle, linger_s=args.linger
+            args.bootstrap,
+            deadline_s=args.deadline,
+            settle_s=args.settle,
+            linger_s=args.linger,
+            scenarios=SCENARIOS + RULES if rules else SCENARIOS,
+            clock=clock,
         )
         print(summary(result, args.verbose))
         return 0 if result.ok else 1
@@ -407,13 +457,24 @@ async def _main(args: argparse.Namespace) -> int:
         log_dir=args.run_dir / "demo-logs",
         data_dir=args.run_dir / "demo-data",
         ready_timeout_s=args.ready_timeout,
-        sandbox_time_scale=args.time_scale,
+        time_scale=args.time_scale,
+        clock_start=DEMO_START,
+        policy_preset="cn",
     )
     _say(f"starting the stack (logs in {stack.log_dir}/) …")
     async with stack:
-        _say(f"stack ready in {time.monotonic() - t0:.1f} s; router at {stack.router_url}")
+        _say(
+            f"stack ready in {time.monotonic() - t0:.1f} s; router at {stack.router_url}; "
+            f"simulated clock at {DEMO_START.isoformat()} (Shanghai), "
+            f"x{1 / args.time_scale:g}"
+        )
         result = await run_demo(
-            stack.bootstrap, deadline_s=args.deadline, settle_s=args.settle, linger_s=args.linger
+            stack.bootstrap,
+            deadline_s=args.deadline,
+            settle_s=args.settle,
+            linger_s=args.linger,
+            scenarios=SCENARIOS + RULES,
+            clock=stack.clock(),
         )
         print(summary(result, args.verbose))
         _say("stopping the stack …")
@@ -439,8 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--time-scale",
         type=float,
-        default=None,
-        help="TONGDA_SANDBOX_TIME_SCALE for the channel services",
+        default=DEFAULT_TIME_SCALE,
+        help="real seconds per simulated second of the stack's clock (default %(default)s)",
     )
     parser.add_argument(
         "--settle",

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -83,12 +84,17 @@ class Scenario:
     data: Mapping[str, Any] = field(default_factory=dict)
     expires_in_s: float | None = None  # negative: expires_at already passed
     publish_times: int = 1  # >1: the very same event (same id) sent again
+    # contact-rule scenarios: the path must match too, and these decisions (prefixes of the
+    # comms.record/v1 `decision`) must be in the audit; `group`: customer shared by the group
+    strict_path: bool = False
+    expected_decisions: tuple[str, ...] = ()
+    group: str | None = None
 
     def notification_id(self, run_id: str) -> str:
         return f"demo-{run_id}-{self.name}"
 
     def customer_id(self, run_id: str) -> str:
-        return f"cust-{run_id}-{self.name}"
+        return f"cust-{run_id}-{self.group or self.name}"
 
     def expected_path_text(self) -> str:
         return " → ".join(str(h) for h in self.expected_path) or "(no attempt)"
@@ -272,6 +278,99 @@ SCENARIOS: tuple[Scenario, ...] = (
         profile={"name": "Guo Qiang", "push_tokens": ["apns-device-token-5d6e7f"]},
         data=LOAN,
         publish_times=2,
+    ),
+)
+
+# The demo's simulated clock starts at 22:30 in Shanghai on a Tuesday (tools/demo.py): these
+# borrowers live there, so the night and the morning's rules show; the scenarios above live
+# where it is daytime then.
+DEMO_START = datetime(2026, 11, 24, 22, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+SHANGHAI = {"timezone": "Asia/Shanghai"}
+RULES: tuple[Scenario, ...] = (
+    Scenario(
+        "night-collection",
+        "overdue notice at 22:30 local: deferred, called at 08:00",
+        "overdue_notice",
+        "delivered",
+        (Hop("voice", "delivered"),),
+        profile={"name": "Deng Hui", "phone": phone(91), **SHANGHAI},
+        data=LOAN,
+        strict_path=True,
+        expected_decisions=("deferred: contact_window until 2026-11-25T08:00:00+08:00",),
+    ),
+    Scenario(
+        "night-otp",
+        "one-time password at 22:30 local: sent at once",
+        "otp",
+        "delivered",
+        (Hop("sms", "delivered"),),
+        profile={"name": "Deng Hui", "phone": phone(92), **SHANGHAI},
+        data={"code": "583920"},
+        strict_path=True,
+    ),
+    Scenario(
+        "callback-busy-twice",
+        "verification call-back (…0005): busy, busy, answered",
+        "verification_callback",
+        "delivered",
+        (
+            Hop("voice", "busy"),
+            Hop("sms", "delivered"),
+            Hop("voice", "busy"),
+            Hop("voice", "delivered"),
+        ),
+        profile={"name": "Qian Yu", "phone": phone(5), **SHANGHAI},
+        data={"loan_id": "LN-2026-0101"},
+        expected_decisions=(
+            "deferred: contact_window until 2026-11-25T08:00:00+08:00",
+            "retry: call-back 1 of 2 after busy",
+            "retry: call-back 2 of 2 after busy",
+        ),
+    ),
+    Scenario(
+        "employer-slot",
+        "verification call-back: borrower busy ×3 from 08:00, employer at 09:00",
+        "verification_callback",
+        "delivered",
+        (
+            Hop("voice", "busy"),
+            Hop("sms", "delivered"),
+            Hop("voice", "busy", 2),
+            Hop("voice", "delivered"),
+        ),
+        profile={
+            "name": "Feng Lin",
+            "phone": phone(1),
+            "backup_contacts": [{"name": "Acme HR", "relation": "employer", "phone": phone(93)}],
+            **SHANGHAI,
+        },
+        data={"loan_id": "LN-2026-0102"},
+        expected_decisions=(
+            "deferred: contact_window until 2026-11-25T08:00:00+08:00",
+            "deferred: business_hours until 2026-11-25T09:00:00+08:00",
+        ),
+    ),
+    Scenario(
+        "cap-first",
+        "two overdue notices on one debt: the first is answered at 08:00 …",
+        "overdue_notice",
+        "delivered",
+        (Hop("voice", "delivered"),),
+        profile={"name": "Tang Jie", "phone": phone(94), **SHANGHAI},
+        data={**LOAN, "loan_id": "LN-2026-0103"},
+        strict_path=True,
+        group="cap",
+    ),
+    Scenario(
+        "cap-second",
+        "… so the second may not call for 7 days: SMS instead",
+        "overdue_notice",
+        "delivered",
+        (Hop("voice", "suppressed"), Hop("sms", "delivered")),
+        data={**LOAN, "loan_id": "LN-2026-0103"},
+        strict_path=True,
+        expected_decisions=("suppressed: voice_debt_after_answered",),
+        group="cap",
     ),
 )
 

@@ -220,7 +220,8 @@ class Machine:
             self._advance(state, fx, state.leg + 1, now, ledger)
             return fx
         if t.kind == "retry" and state.phase == "retry_wait":
-            self._try_leg(state, fx, state.leg, state.attempt, now, ledger)
+            if not self._try_leg(state, fx, state.leg, state.attempt, now, ledger):
+                self._advance(state, fx, state.leg + 1, now, ledger)  # suppressed on resuming
             return fx
         return None
 
