@@ -28,6 +28,7 @@ def body(nid: str, **kw: Any) -> dict[str, Any]:
         "type": "overdue_notice",
         "customer_id": "api-c1",
         "occurred_at": datetime.now(UTC).isoformat(),
+        "data": {"amount_due": "1280.00", "currency": "CNY", "due_date": "2026-12-01"},
         "contacts": {"phone": "+8613800000001"},
     }
     out.update(kw)
@@ -99,6 +100,11 @@ async def test_same_id_twice_is_202_and_one_notification(
         (body("x", priority="asap"), "priority", "invalid_fields"),
         (body("x", contacts={"phone": "12345"}), "contacts.phone", "invalid_fields"),
         (body("x", type="no_such_plan"), "type", "unknown_type"),
+        (
+            body("x", data={"amount_due": "1", "currency": "CNY"}),
+            "data.due_date",
+            "missing_variable",
+        ),
         (body("x", schema="notification.requested/v9"), "schema", "unknown_schema_version"),
     ],
 )

@@ -221,11 +221,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "verification-backups",
-        "verification callback: borrower busy, employer no answer, spouse voicemail",
+        "verification callback: borrower busy ×3, employer no answer, spouse voicemail",
         "verification_callback",
         "delivered",
         (
             Hop("voice", "busy"),
+            Hop("sms", "delivered"),  # "we tried to call you", after the first missed call
+            Hop("voice", "busy", 2),
             Hop("voice", "no_answer"),
             Hop("voice", "voicemail"),
             Hop("sms", "delivered"),

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
+from services.router.intake import MessageNeeds, check_request
 from services.router.plans import PlanBook
 from services.router.state import NotificationState, decode_state
 from services.router.store import Keys
@@ -37,6 +38,7 @@ PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 REDIS = web.AppKey("redis", Redis)
 PLANS = web.AppKey("plans", PlanBook)
 KEYS = web.AppKey("keys", Keys)
+NEEDS = web.AppKey("needs", MessageNeeds)
 
 
 def _dumps(obj: Any) -> str:
@@ -81,10 +83,11 @@ async def post_notification(request: web.Request) -> web.Response:
         req = decode(record, NotificationRequested)
     except InvalidEvent as exc:
         return _invalid(exc)
-    if request.app[PLANS].get(req.type) is None:
-        return json_error(
-            400, "unknown_type", f"type: {req.type!r} has no routing plan", field="type"
-        )
+    try:
+        check_request(req, request.app[PLANS], request.app[NEEDS])
+    except InvalidEvent as exc:
+        field = "type" if exc.code == "unknown_type" else exc.detail.split(":", 1)[0]
+        return json_error(400, exc.code, exc.detail, field=field)
     await request.app[PRODUCER].send_and_wait(
         settings.topics.requested, value=record, key=req.customer_id.encode()
     )
@@ -175,6 +178,7 @@ def create_api(
     app[REDIS] = redis
     app[PLANS] = plans
     app[KEYS] = Keys(settings.key_prefix)
+    app[NEEDS] = MessageNeeds(plans)
     app[READINESS_CHECKS] = checks
     app.router.add_post("/v1/notifications", post_notification)
     app.router.add_get("/v1/notifications/{id}", get_notification)

@@ -101,6 +101,13 @@ def _profile(msg: Record) -> tuple[str, CustomerProfile | None]:
 
 def _request(msg: Record, plans: PlanBook, needs: MessageNeeds | None) -> NotificationRequested:
     req = decode(msg.value, NotificationRequested)
+    check_request(req, plans, needs)
+    return req
+
+
+def check_request(req: NotificationRequested, plans: PlanBook, needs: MessageNeeds | None) -> None:
+    """What a request needs beyond its schema: a routing plan for its type, and every variable
+    its messages use (raises InvalidEvent naming the field). The API runs it too."""
     if plans.get(req.type) is None:
         raise InvalidEvent(
             "unknown_type",
@@ -114,4 +121,3 @@ def _request(msg: Record, plans: PlanBook, needs: MessageNeeds | None) -> Notifi
             "missing_variable",
             f"data.{missing[0]}: required by the {req.type!r} messages; missing: {names}",
         )
-    return req
