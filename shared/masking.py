@@ -10,7 +10,8 @@ import re
 # 15 digits, or without it and 11 to 15 digits; dates, times, IP addresses and short ids are
 # left alone (their digits are fewer, or dots and colons join them).
 _PHONE_RE = re.compile(r"(?<![\w.+])\+?\(?\d+\)?(?:[ \-]\(?\d+\)?)*(?!\w|\.\d)")
-_SEPARATORS_RE = re.compile(r"[ \-()]")
+_GROUP_SPLIT_RE = re.compile(r"([ \-])")
+_DIGITS_RE = re.compile(r"\d+")
 MAX_PHONE_DIGITS = 15
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+")
@@ -68,25 +69,28 @@ def scrub(text: str) -> str:
 
 
 def _is_phone(candidate: str) -> bool:
-    digits = sum(c.isdigit() for c in candidate)
-    low = 7 if candidate.startswith("+") else 11
-    return low <= digits <= MAX_PHONE_DIGITS
+    """7 to 15 digits after a `+`, else 11 to 15; written in groups, at most one of a single
+    digit (`+33 6 12 34 56 78`), so that lists of small numbers are not taken for phones."""
+    groups = _DIGITS_RE.findall(candidate)
+    digits = sum(len(g) for g in groups)
+    low = 7 if candidate.lstrip("(").startswith("+") else 11
+    return low <= digits <= MAX_PHONE_DIGITS and sum(len(g) == 1 for g in groups) <= 1
 
 
 def _mask_candidate(match: re.Match[str]) -> str:
     """Mask a run of digit groups: whole if it is one phone number, else each longest run of
-    its space-separated groups that is one (`ids 12 34 138 0013 8000` masks the last three)."""
+    its groups that is one (`ids 12 34 138 0013 8000` masks the last three)."""
     text = match.group(0)
     if _is_phone(text):
         return mask_phone(text)
-    if _SEPARATORS_RE.sub("", text).isdigit() and len(text.replace(" ", "")) == len(text):
-        return text  # one group with no spaces: too short or too long to be a phone
-    groups = text.split(" ")
+    parts = _GROUP_SPLIT_RE.split(text)  # group, separator, group, …
+    groups, seps = parts[0::2], parts[1::2]
     out: list[str] = []
     i = 0
     while i < len(groups):
-        for j in range(len(groups), i, -1):  # the longest run from group i that is a phone
-            run = " ".join(groups[i:j])
+        # the longest run from group i that is a phone (a phone spans at most 15 groups)
+        for j in range(min(len(groups), i + MAX_PHONE_DIGITS), i, -1):
+            run = "".join(g + (seps[k] if k < j - 1 else "") for k, g in enumerate(groups[i:j], i))
             if _is_phone(run):
                 out.append(mask_phone(run))
                 i = j
@@ -94,4 +98,6 @@ def _mask_candidate(match: re.Match[str]) -> str:
         else:
             out.append(groups[i])
             i += 1
-    return " ".join(out)
+        if i < len(groups):
+            out.append(seps[i - 1])  # the separator before the next group
+    return "".join(out)
