@@ -25,7 +25,13 @@ def request(nid: str, cid: str, at: datetime, **kw: Any) -> bytes:
         "type": "overdue_notice",
         "customer_id": cid,
         "occurred_at": at.isoformat(),
-        "data": {"loan_id": "L1", "amount_due": "1200.00", "currency": "CNY"},
+        "data": {
+            "loan_id": "L1",
+            "amount_due": "1200.00",
+            "currency": "CNY",
+            "due_date": "2026-11-20",
+            "code": "246810",
+        },
         "contacts": {"phone": "+8613800138000"},
     }
     body.update(kw)
@@ -105,7 +111,7 @@ async def test_deferred_at_night_with_the_decision_in_the_audit(
         at = h.engine.clock.now()
         async with Reader(broker, t.audit, t.dispatch("sms"), t.dispatch("voice")) as r:
             await h.publish(t.requested, orjson.loads(request("night", "c2", at)), key="c2")
-            otp = request("otp", "c3", at, type="otp", data={"code": "246810"})
+            otp = request("otp", "c3", at, type="otp")
             await h.publish(t.requested, orjson.loads(otp), key="c3")
             (deferred,) = await r.take(
                 t.audit, where=lambda m: value(m)["notification_id"] == "night"

@@ -32,6 +32,13 @@ def scenario(i: int) -> dict[str, Any]:
         "id": f"k-{i:05d}",
         "customer_id": f"cust-{i % 97}",
         "occurred_at": now,
+        "data": {
+            "amount_due": "1280.00",
+            "amount": "20000.00",
+            "currency": "CNY",
+            "due_date": "2026-12-01",
+            "code": "604213",
+        },
     }
     kind = i % 10
     if kind < 4:

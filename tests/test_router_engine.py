@@ -17,6 +17,15 @@ from tests.router_support import Harness, Reader, engine_harness, header, value
 NOW = datetime.now(UTC).isoformat()
 
 
+DATA = {  # every variable the shipped templates use, for any type
+    "amount_due": "1280.00",
+    "amount": "20000.00",
+    "currency": "CNY",
+    "due_date": "2026-12-01",
+    "code": "604213",
+}
+
+
 def event(nid: str, type_: str = "overdue_notice", cid: str = "c1", **kw: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "schema": "notification.requested/v1",
@@ -24,6 +33,7 @@ def event(nid: str, type_: str = "overdue_notice", cid: str = "c1", **kw: Any) -
         "type": type_,
         "customer_id": cid,
         "occurred_at": NOW,
+        "data": DATA,
     }
     body.update(kw)
     return body

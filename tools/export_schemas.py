@@ -85,6 +85,19 @@ MEANINGS: dict[str, dict[str, str]] = {
         "hand (router: the batch in hand; channel: hand-over and pending receipts). Keep "
         "Kubernetes' `terminationGracePeriodSeconds` well above it.",
         "topics.requested": "Contract topic: `notification.requested/v1` in (upstream → router).",
+        "topics.resolved": "Contract topic: `inquiry.resolved/v1` in (agent desk → router).",
+        "topics.feedback": "Contract topic: `inquiry.feedback/v1` out (router → analytics).",
+        "topics.preferences": "Contract topic: `customer.preference/v1` out (router → CRM): "
+        "opt-outs and opt-ins the borrower made through tongda.",
+        "address_hash_key": "Secret HMAC key for sender addresses in Kafka keys and Redis key "
+        "names (never a bare hash of a phone number). Set it from a Secret: the default suits "
+        "a laptop only.",
+        "time_scale": "Real seconds per simulated second of the service's clock (1 = real "
+        "time). Below 1 only for demos and tests (`make up UP_ARGS='--time-scale 0.001'`).",
+        "clock_start": "A simulated clock's starting instant (RFC 3339); unset = the real "
+        "clock. The clock shows it until the stack is ready (see shared/clock.py).",
+        "clock_origin_epoch_s": "The real instant (epoch s) a simulated clock starts running; "
+        "0 = taken from Redis, where devstack puts it once every service is ready.",
         "topics.profiles": "Contract topic, compacted: `customer.profile/v1` or a tombstone "
         "(upstream → router).",
         "topics.inquiries": "Contract topic: `inquiry.received/v1` in (→ router's inquiries "
@@ -107,6 +120,12 @@ MEANINGS: dict[str, dict[str, str]] = {
         "share one Redis.",
     },
     "RouterSettings": {
+        "policy_preset": "Contact rules shipped with tongda: `cn` (the contract's table), `us` "
+        "(Regulation F), `none` (opt-out and consent only; tests). See docs/contact-rules.md.",
+        "policy_path": "YAML file of contact rules replacing the preset; validated at start "
+        "(exit 2 naming the file and field).",
+        "min_real_timeout_s": "Under a simulated clock, step timeouts last at least this many "
+        "real seconds (networks do not speed up).",
         "api_token": "Bearer token required on `/v1/...` (`Authorization: Bearer <token>`). "
         "Always set it: the built-in default is a placeholder.",
         "plans_path": "YAML file of routing plans; unset = the shipped "
