@@ -32,13 +32,13 @@ BATCH_SIZE = Histogram(
 )
 NOTIFICATIONS_FINAL = Counter(
     "tongda_notifications_final_total",
-    "Notifications that reached a final status, by type and status.",
-    ["type", "status"],
+    "Notifications that reached a final status, by type, priority and status.",
+    ["type", "priority", "status"],
 )
 NOTIFICATION_SECONDS = Histogram(
     "tongda_notification_duration_seconds",
-    "From occurred_at to final status, by type and status.",
-    ["type", "status"],
+    "From occurred_at to final status, by type, priority and status.",
+    ["type", "priority", "status"],
     buckets=NOTIFICATION_BUCKETS,
 )
 ATTEMPTS = Counter(

@@ -47,27 +47,15 @@ pytestmark = [
 ]
 
 NOT_OBSERVED = "defined in shared/metrics.py for the dashboards, not observed by a service yet"
-NO_PRIORITY = (
-    "tongda_notification_duration_seconds has no `priority` label yet (proposed to the "
-    "router: NOTIFICATION_SECONDS/NOTIFICATIONS_FINAL labelled with the request's priority)"
-)
 # What is expected to return nothing here, and why. Keys: a panel title, a recording rule
 # (`record{slo=...}`), or a metric an alert reads.
 NO_DATA_YET: dict[str, str] = {
-    # SLOs by priority
-    "Urgent and high: final within 5 min": NO_PRIORITY,
-    "Normal: final within 1 h": NO_PRIORITY,
-    "Urgent and high within 5 min, by type and priority": NO_PRIORITY,
-    "Normal within 1 h, by type": NO_PRIORITY,
-    "slo=notify-urgent-high": NO_PRIORITY,
-    "slo=notify-normal": NO_PRIORITY,
     # metrics defined for operations, waiting for their observation points
     "Consumer lag (records)": NOT_OBSERVED,
     "tongda:consumer_lag_records:sum": NOT_OBSERVED,
     "Redis round trip p99": NOT_OBSERVED,
     "Redis reachable": NOT_OBSERVED,
     "tongda_redis_up": NOT_OBSERVED,
-    "Voice busy / no answer rate by borrower's local hour": NOT_OBSERVED,
     "Fallbacks by channel left → next channel": (
         "tongda_fallbacks_total has no `to` label yet (proposed to the router: the next "
         "step's channel, `none` when the plan is exhausted)"

@@ -31,7 +31,7 @@ from services.router.policy import ContactPolicy
 from services.router.scheduler import Scheduler
 from shared.config import RouterSettings
 from shared.errors import InvalidEvent
-from shared.http import redis_check
+from shared.http import redis_check, server_options
 from shared.kafka import make_consumer, make_producer, send_deadletter
 from shared.redis import make_redis
 
@@ -83,9 +83,12 @@ class RouterService(mode.Service):
                 ("redis", redis_check(self.redis)),
                 ("kafka", self._kafka_check),
                 ("router_loop", self._loop_check),
+                ("consume_loop", self.engine.watchdog.check()),
             ],
         )
-        self.runner = web.AppRunner(api, handle_signals=False, access_log=None)
+        self.runner = web.AppRunner(
+            api, handle_signals=False, access_log=None, **server_options(s)
+        )
         await self.runner.setup()
         await web.TCPSite(self.runner, s.http_host, s.http_port).start()
         await self.consumer.start()

@@ -35,6 +35,7 @@ from shared.clock import Clock
 from shared.config import RouterSettings
 from shared.contract.models import AttemptOutcome, CustomerProfile
 from shared.errors import InvalidEvent
+from shared.health import Watchdog, consumer_lag
 from shared.kafka import Batch, Record, send_deadletter
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
 from shared.resp import pack as pack_command
@@ -70,6 +71,13 @@ class RouterEngine:
         self.clock = clock or settings.clock()
         self.topics = settings.topics
         self.needs = MessageNeeds(machine.plans)
+        # readiness: 503 when no batch completed for stall_after_s while records wait
+        self.watchdog = Watchdog(
+            self.service,
+            settings.stall_after_s,
+            logger=log,
+            backoff_s=(0.5, 1.0, 2.0, 4.0, 8.0, 10.0),
+        )
         # Held while a batch is processed (state, records, outbox cleared). Rebalance callbacks
         # take it too, so a partition never moves, and is never recovered, mid-batch.
         self.batch_lock = asyncio.Lock()
@@ -81,32 +89,39 @@ class RouterEngine:
 
     async def run(self, consumer: AIOKafkaConsumer, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished and committed."""
+        self.watchdog.lag = lambda: consumer_lag(consumer)
         while not stopping.is_set():
             batch: Batch = await consumer.getmany(timeout_ms=200)
             if not batch:
+                self.watchdog.nothing_fetched()
                 continue
+            self.watchdog.batch_started(sum(len(msgs) for msgs in batch.values()))
             async with self.batch_lock:
                 await self.process_until_done(batch, consumer.assignment())
             # Outside the lock: a commit refused by a rebalance only means redelivery, which
             # the state versions turn into no-ops.
             await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+            self.watchdog.batch_done()
 
     async def process_until_done(self, batch: Batch, assigned: Iterable[TopicPartition]) -> None:
-        """Process a batch; on Redis/Kafka errors recover the outbox and try again."""
-        delay_s = 0.5
+        """Process a batch; on Redis/Kafka errors recover the outbox and try again, backing
+        off (the watchdog logs a repeated failure at a bounded rate and flips readiness)."""
         while True:
             try:
                 await self.process(batch)
                 return
-            except Exception:
-                log.exception("batch failed; recovering and retrying in %.1f s", delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 10.0)
+            except Exception as exc:
+                await asyncio.sleep(self.watchdog.failed(exc))
                 try:
                     await self.store.load_scripts()
                     await self.outbox.recover(assigned)
-                except Exception:
-                    log.exception("recovery failed; will retry")
+                except Exception as again:
+                    self.watchdog.log.log(
+                        logging.ERROR,
+                        f"recovery: {again!r}",
+                        "recovery failed; will retry: %r",
+                        again,
+                    )
 
     async def process(self, batch: Batch) -> None:
         started = time.perf_counter()

@@ -3,6 +3,9 @@ statuses and their durations). Labels carry no customer data."""
 
 from __future__ import annotations
 
+from functools import cache
+from zoneinfo import ZoneInfo
+
 from services.router.packing import Pending
 from shared.metrics import (
     ATTEMPTS,
@@ -10,6 +13,7 @@ from shared.metrics import (
     NOTIFICATION_SECONDS,
     NOTIFICATIONS_FINAL,
     POLICY_DECISIONS,
+    VOICE_OUTCOMES_BY_HOUR,
 )
 
 
@@ -22,9 +26,21 @@ def observe(p: Pending) -> None:
         FALLBACKS.labels(channel=channel, reason=reason).inc()
     for verdict, rule, channel in fx.decisions:
         POLICY_DECISIONS.labels(verdict=verdict, rule=rule, channel=channel).inc()
+    voice = [r for r in fx.records if r.channel == "voice" and r.outcome not in (None, "deferred")]
+    if voice:
+        tz = _zone(p.state.policy.timezone or "Asia/Shanghai")
+        for r in voice:
+            hour = str(r.at.astimezone(tz).hour)
+            VOICE_OUTCOMES_BY_HOUR.labels(outcome=r.outcome, hour=hour).inc()
     final = fx.final
     if final is not None:
-        NOTIFICATIONS_FINAL.labels(type=final.type, status=final.status).inc()
-        NOTIFICATION_SECONDS.labels(type=final.type, status=final.status).observe(
-            max(0.0, (final.completed_at - p.state.occurred_at).total_seconds())
-        )
+        priority = p.state.priority
+        NOTIFICATIONS_FINAL.labels(type=final.type, priority=priority, status=final.status).inc()
+        NOTIFICATION_SECONDS.labels(
+            type=final.type, priority=priority, status=final.status
+        ).observe(max(0.0, (final.completed_at - p.state.occurred_at).total_seconds()))
+
+
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
