@@ -1,4 +1,4 @@
-"""Push providers. Only the sandbox so far."""
+"""Push providers: the sandbox (default), FCM HTTP v1 and APNs."""
 
 from __future__ import annotations
 

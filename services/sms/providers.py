@@ -1,4 +1,4 @@
-"""SMS providers. Only the sandbox so far."""
+"""SMS providers: the sandbox (default), SMPP and Twilio, alone or as a failover chain."""
 
 from __future__ import annotations
 
