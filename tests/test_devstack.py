@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from shared.config import CommonSettings
 from shared.topics import topic_specs
-from tools.demo import run_demo, summary
+from tools.demo import demo_stack_options, run_demo, summary
 from tools.devstack import (
     REPO_ROOT,
     Broker,
@@ -33,6 +33,7 @@ from tools.devstack import (
     port_open,
     redis_ping,
 )
+from tools.scenarios import RULES, SCENARIOS
 
 # A stand-in service: serves /readyz like the real ones, steered by STUB_MODE.
 STUB_SERVICE = textwrap.dedent(
@@ -345,10 +346,18 @@ def _services_present() -> bool:
 @pytest.mark.skipif(not _services_present(), reason="router and channel services not built yet")
 @pytest.mark.timeout(300)
 async def test_demo_scenarios_end_to_end(stack_factory: Callable[..., Awaitable[Stack]]) -> None:
-    """The demo's scripted scenarios on a full stack: every expected final status, once."""
-    stack = await stack_factory()
+    """The demo's scripted scenarios on a full stack as `make demo` runs it (contact rules,
+    simulated clock from 22:30 in Shanghai): every expected final status once, every
+    expected rule decision in the audit."""
+    stack = await stack_factory(**demo_stack_options())
     assert all(s.ready for s in stack.services.values())
-    result = await run_demo(stack.bootstrap, say=None, deadline_s=120)
+    result = await run_demo(
+        stack.bootstrap,
+        say=None,
+        deadline_s=120,
+        scenarios=SCENARIOS + RULES,
+        clock=stack.clock(),
+    )
     assert result.ok, summary(result, verbose=True)
     pids = [s.pid for s in stack.services.values()]
     await stack.stop()

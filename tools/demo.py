@@ -360,6 +360,17 @@ def channel_stats(results: Sequence[NotificationResult]) -> dict[str, Counter[st
     return stats
 
 
+def demo_stack_options(time_scale: float = DEFAULT_TIME_SCALE) -> dict[str, Any]:
+    """How the demo's stack runs: the cn contact rules on a simulated clock that starts at
+    22:30 in Shanghai (tools.scenarios.DEMO_START) when the stack is ready."""
+    return {
+        "time_scale": time_scale,
+        "clock_start": DEMO_START,
+        "policy_preset": "cn",
+        "sandbox_time_scale": None,  # the sandbox follows the clock
+    }
+
+
 def _safe(value: object) -> str:
     """Free text from the wire (recipients, details): mask any phone number or email left."""
     return scrub(str(value))
@@ -457,9 +468,7 @@ async def _main(args: argparse.Namespace) -> int:
         log_dir=args.run_dir / "demo-logs",
         data_dir=args.run_dir / "demo-data",
         ready_timeout_s=args.ready_timeout,
-        time_scale=args.time_scale,
-        clock_start=DEMO_START,
-        policy_preset="cn",
+        **demo_stack_options(args.time_scale),
     )
     _say(f"starting the stack (logs in {stack.log_dir}/) …")
     async with stack:
