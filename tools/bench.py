@@ -3,7 +3,11 @@
 One run, one fresh broker and Redis, three measurements side by side:
   1. raw: aiokafka consume → orjson parse → produce, with no state (the ceiling);
   2. router: the real router process (`python -m services.router`) draining the same number
-     of notifications (plain `delivered` paths: requested → state in Redis → dispatch);
+     of notifications (requested → state in Redis → dispatch) with the `cn` contact rules
+     active: each is an `overdue_notice` (collection) for a borrower of its own, so every one
+     is judged against the calling window in the borrower's local time and against the
+     frequency caps, reading the borrower's ledger and writing the call into it; the router's
+     clock is set to 10:00 in Shanghai on a Tuesday so that the window is open;
   3. latency at a fixed rate: publish→dispatch through the router, beside the broker's own
      produce→consume latency at the same rate and consumer settings.
 Rates come from the output records' timestamps (first to last), so start-up is not counted.
@@ -39,15 +43,29 @@ def say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+BENCH_CLOCK = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)  # Tuesday 10:00 in Shanghai
+DISPATCH_CHANNEL = "voice"  # the overdue_notice plan's first step
+
+
+def customer(i: int, run: int = 0) -> str:
+    return f"cust-{run}-{i}"
+
+
 def notification(i: int, sent_at: float | None = None, run: int = 0) -> bytes:
     body: dict[str, Any] = {
         "schema": "notification.requested/v1",
         "id": f"bench-{run}-{i}-{sent_at or 0}",
-        "type": "loan_approved",
-        "customer_id": f"cust-{i % 5000}",
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "data": {"loan_id": f"L{i}", "sent_at": sent_at},
-        "contacts": {"push_tokens": [f"token-{i}"]},
+        "type": "overdue_notice",
+        "customer_id": customer(i, run),
+        "occurred_at": BENCH_CLOCK.isoformat(),
+        "data": {
+            "loan_id": f"L{i}",
+            "amount_due": "1280.00",
+            "currency": "CNY",
+            "due_date": "2026-12-01",
+            "sent_at": sent_at,
+        },
+        "contacts": {"phone": f"+861380{i % 100000:05d}9999"},
     }
     return orjson.dumps(body)
 
@@ -57,7 +75,7 @@ async def publish(s: CommonSettings, topic: str, n: int, make: Callable[[int], b
     await producer.start()
     try:
         for i in range(n):
-            await producer.send(topic, make(i), key=f"cust-{i % 5000}".encode())
+            await producer.send(topic, make(i), key=f"cust-{i}".encode())
             if i and i % 5000 == 0:
                 say(f"published {i}/{n} to {topic}")
         await producer.flush()
@@ -131,7 +149,7 @@ async def router_rate(s: CommonSettings, router: Service, n: int, run: int) -> f
     finally:
         router.send(signal.SIGCONT)
     say("router draining the backlog …")
-    return n / await span_of(s, s.topics.dispatch("push"), n, 600, skip=run * n)
+    return n / await span_of(s, s.topics.dispatch(DISPATCH_CHANNEL), n, 600, skip=run * n)
 
 
 def median_range(xs: list[float]) -> tuple[float, float, float]:
@@ -157,7 +175,7 @@ async def paced(
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await producer.send(topic, make(i, time.time()), key=f"cust-{i % 5000}".encode())
+            await producer.send(topic, make(i, time.time()), key=f"cust-{i}".encode())
     finally:
         await producer.stop()
 
@@ -194,7 +212,10 @@ async def latency_pair(s: CommonSettings, rate: int, seconds: float) -> dict[str
     say(f"latency at {rate}/s for {seconds:.0f} s: through the router …")
     collector = asyncio.create_task(
         collect_latency(
-            s, s.topics.dispatch("push"), count, lambda v: orjson.loads(v)["data"].get("sent_at")
+            s,
+            s.topics.dispatch(DISPATCH_CHANNEL),
+            count,
+            lambda v: orjson.loads(v)["data"].get("sent_at"),
         )
     )
     await asyncio.sleep(1.0)
@@ -257,6 +278,9 @@ async def main_async(args: argparse.Namespace) -> str:
                 "TONGDA_REDIS_URL": s.redis_url,
                 "TONGDA_LOG_LEVEL": "WARNING",
                 "TONGDA_API_TOKEN": "bench",
+                "TONGDA_POLICY_PRESET": "cn",  # every event judged by the contact rules
+                "TONGDA_CLOCK_START": BENCH_CLOCK.isoformat(),
+                "TONGDA_CLOCK_ORIGIN_EPOCH_S": repr(time.time()),
             },
         )
         await router.start(ready_timeout=90)
