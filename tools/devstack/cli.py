@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -102,12 +103,32 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("up interrupted; everything started was stopped", file=sys.stderr)
         return 130
-    _write_private(run_dir / "pids", json.dumps(stack.records(), indent=2) + "\n")
-    _write_private(run_dir / "env", _env_text(stack.env()))
+    records, env = stack.records(), stack.env()
+    if args.prometheus and stack.services:
+        prometheus = _start_prometheus(run_dir, stack)
+        if prometheus is not None:
+            records["processes"]["prometheus"] = prometheus.record()
+            env["TONGDA_PROMETHEUS_URL"] = prometheus.url
+    _write_private(run_dir / "pids", json.dumps(records, indent=2) + "\n")
+    _write_private(run_dir / "env", _env_text(env))
     print(f"up in {time.monotonic() - t0:.1f} s; logs in {stack.log_dir}/")
+    if "TONGDA_PROMETHEUS_URL" in env:
+        print(f"Prometheus with tongda's rules: {env['TONGDA_PROMETHEUS_URL']}")
     print(f"# . {run_dir / 'env'}")
-    print(_env_text(stack.env()), end="")
+    print(_env_text(env), end="")
     return 0
+
+
+def _start_prometheus(run_dir: Path, stack: Stack) -> Any:
+    """Prometheus scraping every service with the project's rules (deploy/prometheus), or
+    None (with a note) when the `prometheus` binary is not installed."""
+    if shutil.which("prometheus") is None:
+        print("prometheus not installed (apt-get install prometheus): not started")
+        return None
+    from tools.prometheus import start_local
+
+    ports = {name: svc.port for name, svc in stack.services.items() if svc.port}
+    return start_local(run_dir, ports, detached=True)
 
 
 def _signal_pid(rec: Mapping[str, Any], sig: signal.Signals) -> None:
@@ -167,6 +188,12 @@ def _check(name: str, rec: Mapping[str, Any]) -> tuple[bool, str]:
         return (True, "listening") if port_open(HOST, port) else (False, "not listening")
     if kind == "redis":
         return (True, "PONG") if redis_ping(HOST, port) else (False, "no PONG")
+    if kind == "prometheus":
+        try:
+            status, _ = http_get(HOST, port, "/-/ready")
+        except OSError as exc:
+            return False, f"/-/ready: {type(exc).__name__}"
+        return status == 200, f"/-/ready {status}"
     try:
         status, body = http_get(HOST, port, "/readyz")
     except OSError as exc:
@@ -222,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     up.add_argument(
         "--policy", choices=("cn", "us", "none"), default=None, help="contact-rules preset"
+    )
+    up.add_argument(
+        "--no-prometheus",
+        dest="prometheus",
+        action="store_false",
+        help="do not start Prometheus (started by default when installed)",
     )
     up.add_argument("--log-format", choices=("json", "text"), default="json")
     up.add_argument("--plans", type=Path, default=None, help="TONGDA_PLANS_PATH for the router")
