@@ -20,7 +20,7 @@ from services.router.ledger import Entry, LedgerView, member
 from services.router.messages import Attempt, CommsRecord, Dispatch, NotificationStatus
 from services.router.plans import PlanBook
 from services.router.policy import Contact, ContactPolicy, Verdict
-from services.router.policy.localtime import resolve_country, resolve_timezone
+from services.router.policy.localtime import resolve_local
 from services.router.state import AttemptEntry, Leg, NotificationState, PolicyContext
 from shared.contract.models import (
     AttemptOutcome,
@@ -127,8 +127,11 @@ class Machine:
             profile.phone if profile else None
         )
         cfg = self.policy.config
-        tz_name = resolve_timezone(
-            profile.timezone if profile else None, phone, cfg.default_timezone
+        tz_name, country = resolve_local(
+            profile.timezone if profile else None,
+            phone,
+            cfg.default_timezone,
+            cfg.default_country,
         )
         state = NotificationState(
             id=req.id,
@@ -148,7 +151,7 @@ class Machine:
                     c for c, v in (profile.consents if profile else {}).items() if v == "revoked"
                 ],
                 timezone=tz_name,
-                country=resolve_country(phone, tz_name, cfg.default_country),
+                country=country,
                 quiet_hours=[(q.from_, q.to) for q in profile.quiet_hours] if profile else [],
             ),
         )

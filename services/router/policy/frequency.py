@@ -63,6 +63,7 @@ class FrequencyCaps:
     def __init__(self, config: FrequencyConfig) -> None:
         self.config = config
         self.inflight_ttl_s = parse_duration_s(config.inflight_ttl)
+        self._window_s = {cap.rule: cap.window_s() for cap in config.caps}
         self.channels: frozenset[Channel] = frozenset(
             ch for cap in config.caps for ch in cap.channels
         )
@@ -89,13 +90,16 @@ class FrequencyCaps:
         if ledger is None:  # the engine reads the ledger for every contact a cap may watch
             raise RuntimeError("frequency caps need the customer's ledger")
         now_s = now.timestamp()
+        day: tuple[float, float] | None = None
         for cap in caps:
             debt = c.debt if cap.per == "debt" else None
             if cap.window == "local_day":
-                start, end = local_day_bounds(now, c.tz)
-                since_s, until_s = start.timestamp(), end.timestamp()
+                if day is None:
+                    start, end = local_day_bounds(now, c.tz)
+                    day = (start.timestamp(), end.timestamp())
+                since_s, until_s = day
             else:
-                since_s, until_s = now_s - cap.window_s(), float("inf")
+                since_s, until_s = now_s - self._window_s[cap.rule], float("inf")
             if cap.counts == "attempts":
                 n = ledger.count(c.channel, "attempt", debt, since_s, until_s)
             else:

@@ -39,14 +39,20 @@ class ContactWindow:
 
     def __init__(self, config: WindowConfig) -> None:
         self.config = config
+        # parsed once: (category, channel or None) → daily spans in minutes
+        self._parsed: dict[tuple[str, str | None], list[Minutes]] = {
+            (category, None): [m for s in spans for m in interval(s.start, s.end)]
+            for category, spans in config.categories.items()
+        }
+        for category, by_channel in config.channels.items():
+            for channel, spans in by_channel.items():
+                self._parsed[(category, channel)] = [
+                    m for s in spans for m in interval(s.start, s.end)
+                ]
 
     def _spans(self, c: Contact) -> list[Minutes] | None:
-        spans = self.config.channels.get(c.category, {}).get(c.channel)
-        if spans is None:
-            spans = self.config.categories.get(c.category)
-        if spans is None:
-            return None
-        return [m for s in spans for m in interval(s.start, s.end)]
+        spans = self._parsed.get((c.category, c.channel))
+        return spans if spans is not None else self._parsed.get((c.category, None))
 
     def applies(self, c: Contact) -> bool:
         return self._spans(c) is not None
