@@ -317,6 +317,10 @@ def test_cli_up_status_down_round_trip(tmp_path: Path) -> None:
         assert stat.S_IMODE((run_dir / "env").stat().st_mode) == 0o600
         assert stat.S_IMODE((run_dir / "pids").stat().st_mode) == 0o600
         assert "TONGDA_REDIS_URL=" in env_text and "TONGDA_API_TOKEN=" in env_text
+        token = next(
+            line.split("=", 1)[1] for line in env_text.splitlines() if "TONGDA_API_TOKEN=" in line
+        )
+        assert token not in up.stdout and token not in up.stderr  # only in the 0600 file
         pids = json.loads((run_dir / "pids").read_text())
         procs = pids["processes"]
         assert set(procs) == {"broker", "redis"}
@@ -324,6 +328,7 @@ def test_cli_up_status_down_round_trip(tmp_path: Path) -> None:
 
         again = _devstack(run_dir, "up", "--services", "")
         assert again.returncode == 0 and "already up" in again.stdout
+        assert token not in again.stdout
 
         status = _devstack(run_dir, "status")
         assert status.returncode == 0, status.stdout

@@ -39,6 +39,19 @@ def _env_text(env: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SECRET_NAMES = ("TOKEN", "PASSWORD", "SECRET", "KEY")
+
+
+def _shown_env(env: Mapping[str, str], env_path: Path) -> str:
+    """The env as printed on the terminal: secrets are only in the file (mode 0600)."""
+    return _env_text(
+        {
+            k: f"<see {env_path}>" if any(word in k for word in SECRET_NAMES) else v
+            for k, v in env.items()
+        }
+    )
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write `text` to `path` readable by its owner only (0600): both files hold the API token."""
     path.unlink(missing_ok=True)
@@ -70,7 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         alive = [n for n, r in procs.items() if _alive(r)]
         if alive and len(alive) == len(procs):
             print(f"already up (started {existing.get('started_at')}); env in {run_dir / 'env'}:")
-            print(_env_text(existing.get("env", {})), end="")
+            print(_shown_env(existing.get("env", {}), run_dir / "env"), end="")
             return 0
         if alive:
             dead = sorted(set(procs) - set(alive))
@@ -115,7 +128,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if "TONGDA_PROMETHEUS_URL" in env:
         print(f"Prometheus with tongda's rules: {env['TONGDA_PROMETHEUS_URL']}")
     print(f"# . {run_dir / 'env'}")
-    print(_env_text(env), end="")
+    print(_shown_env(env, run_dir / "env"), end="")
     return 0
 
 
