@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from shared.channel.provider import (
-    Accepted,
-    Completed,
     Inbound,
     Message,
     Provider,
@@ -89,28 +87,17 @@ class TwilioSms(Provider):
             form["From"] = self.settings.from_number
         form["StatusCallback"] = self.settings.callback_url(STATUS_PATH)
         answer = await self.client.create("Messages", form)
-        if answer.status in (200, 201) and isinstance(answer.body.get("sid"), str):
-            return Accepted(answer.body["sid"])
-        outcome: ProviderOutcome = (
-            "rejected" if answer.status == 400 and answer.code in REJECTING_CODES else "failed"
-        )
-        return Completed(outcome, None, answer.error_detail())
+        return answer.send_result(REJECTING_CODES)
 
     def webhook_routes(self) -> Sequence[web.RouteDef]:
-        return [
-            self.webhooks.route(
-                STATUS_PATH,
-                self.on_status,
-                lambda p: (p["MessageSid"], p["MessageStatus"]),
-                required=("MessageSid", "MessageStatus"),
-            ),
-            self.webhooks.route(
-                INBOUND_PATH,
-                self.on_inbound,
-                lambda p: (p["MessageSid"], "inbound"),
-                required=("MessageSid", "From"),
-            ),
-        ]
+        return self.webhooks.status_and_inbound(
+            STATUS_PATH,
+            self.on_status,
+            INBOUND_PATH,
+            self.on_inbound,
+            "MessageSid",
+            "MessageStatus",
+        )
 
     async def on_status(self, params: Params) -> web.Response:
         """A status callback: final statuses become the attempt's receipt."""

@@ -17,8 +17,6 @@ from xml.sax.saxutils import escape, quoteattr
 from aiohttp import web
 
 from shared.channel.provider import (
-    Accepted,
-    Completed,
     Inbound,
     Message,
     Provider,
@@ -78,8 +76,8 @@ def status_outcome(params: Params) -> tuple[ProviderOutcome, str] | None:
         return "no_answer", "no answer"
     if status == "failed":
         rejected = code in REJECTING_CODES or sip in REJECTING_SIP
-        detail = "call failed" + (f" (error {code})" if code else "") + (
-            f" (SIP {sip})" if sip else ""
+        detail = (
+            "call failed" + (f" (error {code})" if code else "") + (f" (SIP {sip})" if sip else "")
         )
         return ("rejected" if rejected else "failed"), detail
     if status == "canceled":
@@ -130,28 +128,12 @@ class TwilioVoice(Provider):
             "MachineDetection": "Enable",
         }
         answer = await self.client.create("Calls", form)
-        if answer.status in (200, 201) and isinstance(answer.body.get("sid"), str):
-            return Accepted(answer.body["sid"])
-        outcome: ProviderOutcome = (
-            "rejected" if answer.status == 400 and answer.code in REJECTING_CODES else "failed"
-        )
-        return Completed(outcome, None, answer.error_detail())
+        return answer.send_result(REJECTING_CODES)
 
     def webhook_routes(self) -> Sequence[web.RouteDef]:
-        return [
-            self.webhooks.route(
-                STATUS_PATH,
-                self.on_status,
-                lambda p: (p["CallSid"], p["CallStatus"]),
-                required=("CallSid", "CallStatus"),
-            ),
-            self.webhooks.route(
-                INBOUND_PATH,
-                self.on_inbound,
-                lambda p: (p["CallSid"], "inbound"),
-                required=("CallSid", "From"),
-            ),
-        ]
+        return self.webhooks.status_and_inbound(
+            STATUS_PATH, self.on_status, INBOUND_PATH, self.on_inbound, "CallSid", "CallStatus"
+        )
 
     async def on_status(self, params: Params) -> web.Response:
         """A call status callback: a final status becomes the attempt's receipt."""

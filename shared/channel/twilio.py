@@ -26,6 +26,7 @@ from shared.channel.http_provider import (
     parse_retry_after,
     read_secret,
 )
+from shared.channel.provider import Accepted, Completed, ProviderOutcome, SendResult
 from shared.errors import ConfigError
 from shared.masking import scrub
 
@@ -95,6 +96,16 @@ class TwilioAnswer:
         """`Twilio 21211: <message>` with any phone number in the message masked."""
         message = scrub(str(self.body.get("message") or "")) or "no message"
         return f"Twilio {self.code or self.status}: {message}"[:300]
+
+    def send_result(self, rejecting_codes: frozenset[int]) -> SendResult:
+        """The attempt's result: Accepted with the resource's sid; a 400 with one of
+        `rejecting_codes` (the address is invalid for good) rejected; any other error failed."""
+        if self.status in (200, 201) and isinstance(self.body.get("sid"), str):
+            return Accepted(self.body["sid"])
+        outcome: ProviderOutcome = (
+            "rejected" if self.status == 400 and self.code in rejecting_codes else "failed"
+        )
+        return Completed(outcome, None, self.error_detail())
 
 
 class TwilioClient:

@@ -128,6 +128,26 @@ class TwilioWebhooks:
         (not the URL as this service sees it behind a load balancer)."""
         return self.settings.callback_url(request.path_qs)
 
+    def status_and_inbound(
+        self,
+        status_path: str,
+        on_status: WebhookHandler,
+        inbound_path: str,
+        on_inbound: WebhookHandler,
+        sid: str,
+        status: str,
+    ) -> list[web.RouteDef]:
+        """The two routes a Twilio resource has: status callbacks (deduplicated by the
+        resource's `sid` field and its `status` field) and inbound messages or calls."""
+        return [
+            self.route(
+                status_path, on_status, lambda p: (p[sid], p[status]), required=(sid, status)
+            ),
+            self.route(
+                inbound_path, on_inbound, lambda p: (p[sid], "inbound"), required=(sid, "From")
+            ),
+        ]
+
     def route(
         self,
         path: str,
