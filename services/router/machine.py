@@ -244,22 +244,7 @@ class Machine:
             return
         if outcome == "failed" and state.attempt < leg.max_attempts:
             delay = leg.retry_delay_s * (2 ** (state.attempt - 1))
-            due = now + timedelta(seconds=delay)
-            state.attempt += 1
-            state.phase = "retry_wait"
-            fx.timers_add.append(
-                (self._member(state, "retry", state.leg, state.attempt), due.timestamp())
-            )
-            fx.records.append(
-                self._record(
-                    state,
-                    leg,
-                    now,
-                    decision=f"retry: attempt {state.attempt} "
-                    f"at {due.isoformat(timespec='seconds')}",
-                    suffix="retry",
-                )
-            )
+            self._retry_later(state, fx, leg, now, delay, f"attempt {state.attempt + 1}", "retry")
             return
         if outcome == "deferred":  # a provider may defer (throttling): a new attempt, later
             state.attempt += 1
@@ -283,26 +268,34 @@ class Machine:
                 "voicemail": leg.retry_voicemail_s,
             }[outcome]
             if delay is not None and state.missed_calls < leg.max_calls:
-                due = now + timedelta(seconds=delay)
-                state.attempt += 1
-                state.phase = "retry_wait"
-                fx.timers_add.append(
-                    (self._member(state, "retry", state.leg, state.attempt), due.timestamp())
-                )
-                fx.records.append(
-                    self._record(
-                        state,
-                        leg,
-                        now,
-                        decision=f"retry: call-back {state.missed_calls} of "
-                        f"{leg.max_calls - 1} after {outcome} at "
-                        f"{due.astimezone(self._tz(state)).isoformat(timespec='seconds')}",
-                        suffix="callback",
-                    )
-                )
+                what = f"call-back {state.missed_calls} of {leg.max_calls - 1} after {outcome}"
+                self._retry_later(state, fx, leg, now, delay, what, "callback")
                 return
         fx.fallbacks.append((leg.channel, outcome))
         self._advance(state, fx, state.leg + 1, now, ledger)
+
+    def _retry_later(
+        self,
+        state: NotificationState,
+        fx: Effects,
+        leg: Leg,
+        now: datetime,
+        delay_s: float,
+        what: str,
+        suffix: str,
+    ) -> None:
+        """The same leg again after `delay_s` (a new attempt), with a `retry: <what> at
+        <local time>` decision."""
+        due = now + timedelta(seconds=delay_s)
+        state.attempt += 1
+        state.phase = "retry_wait"
+        fx.timers_add.append(
+            (self._member(state, "retry", state.leg, state.attempt), due.timestamp())
+        )
+        at = due.astimezone(self._tz(state)).isoformat(timespec="seconds")
+        fx.records.append(
+            self._record(state, leg, now, decision=f"retry: {what} at {at}", suffix=suffix)
+        )
 
     def _advance(
         self,
