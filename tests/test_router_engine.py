@@ -234,3 +234,29 @@ async def test_outbox_recovery_sends_exactly_what_is_missing(
             await r.settle()
             assert len(r.seen) == 1 and header(r.seen[0], EFFECT_HEADER) == "n7/1/0"
         assert await h.redis.hlen(h.store.keys.outbox(tp.topic, tp.partition)) == 0
+
+
+async def test_address_lists_are_bounded_with_a_dead_letter_naming_the_field(
+    broker: str, redis_server: str
+) -> None:
+    """Poison pill 4: every address becomes a leg, so one profile with 10,000 phones would
+    make 10,000 calls (and 5,000 push tokens overflowed apply.lua after writing the state)."""
+    async with engine_harness(broker, redis_server) as h:
+        t = h.settings.topics
+        phones = [f"+86138{i:08d}" for i in range(11)]
+        profile = {"schema": "customer.profile/v1", "customer_id": "many", "alt_phones": phones}
+        tokens = [f"tok-{i}" for i in range(5000)]
+        async with Reader(broker, t.deadletter, t.dispatch("push")) as r:
+            await h.publish(t.profiles, profile, key="many")
+            await h.publish(
+                t.requested, event("tokens", "loan_approved", contacts={"push_tokens": tokens})
+            )
+            await h.publish(
+                t.requested, event("ok", "loan_approved", contacts={"push_tokens": tokens[:10]})
+            )
+            dead = await r.take(t.deadletter, 2)
+            details = {header(d, "error-detail") or "" for d in dead}
+            assert any(d.startswith("alt_phones:") and "at most 10" in d for d in details)
+            assert any(d.startswith("contacts.push_tokens:") for d in details)
+            pushes = await r.take(t.dispatch("push"))
+            assert {value(p)["notification_id"] for p in pushes} == {"ok"}

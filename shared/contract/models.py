@@ -77,6 +77,9 @@ TimeZone = Annotated[str, AfterValidator(_iana_tz)]
 LocalTime = Annotated[str, AfterValidator(_local_time)]
 PushToken = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# At most this many addresses per list (alt phones, push tokens, backup contacts): each one
+# becomes a leg, so a profile with 10,000 phones would make 10,000 calls.
+MAX_ADDRESSES = 10
 
 
 class _Model(BaseModel):
@@ -93,8 +96,8 @@ class BackupContact(_Model):
 class Contacts(_Model):
     phone: Phone | None = None
     email: Email | None = None
-    push_tokens: list[PushToken] | None = None
-    backup_contacts: list[BackupContact] | None = None
+    push_tokens: list[PushToken] | None = Field(default=None, max_length=MAX_ADDRESSES)
+    backup_contacts: list[BackupContact] | None = Field(default=None, max_length=MAX_ADDRESSES)
 
 
 class NotificationRequested(_Model):
@@ -121,15 +124,15 @@ class CustomerProfile(_Model):
     customer_id: Id
     name: str | None = None
     phone: Phone | None = None
-    alt_phones: list[Phone] = Field(default_factory=list)
+    alt_phones: list[Phone] = Field(default_factory=list, max_length=MAX_ADDRESSES)
     email: Email | None = None
-    push_tokens: list[PushToken] = Field(default_factory=list)
+    push_tokens: list[PushToken] = Field(default_factory=list, max_length=MAX_ADDRESSES)
     timezone: TimeZone | None = None
     locale: Locale | None = None
     preferred_channels: list[Channel] = Field(default_factory=list)
     opted_out_channels: list[Channel] = Field(default_factory=list)
-    backup_contacts: list[BackupContact] = Field(default_factory=list)
-    quiet_hours: list[QuietHours] = Field(default_factory=list)
+    backup_contacts: list[BackupContact] = Field(default_factory=list, max_length=MAX_ADDRESSES)
+    quiet_hours: list[QuietHours] = Field(default_factory=list, max_length=MAX_ADDRESSES)
     consents: dict[Channel, Literal["granted", "revoked"]] = Field(default_factory=dict)
     updated_at: AwareDatetime | None = None
 
