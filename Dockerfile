@@ -8,6 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# The SIP voice provider speaks with espeak-ng and resamples with sox; tzdata gives zone.tab
+# (a borrower's country from the time zone, for public holidays).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends espeak-ng sox tzdata \
+ && rm -rf /var/lib/apt/lists/*
+
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can check it.
 RUN groupadd --system --gid 10001 tongda \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
