@@ -35,7 +35,7 @@ def request(nid: str, cid: str, at: datetime, **kw: Any) -> bytes:
         "contacts": {"phone": "+8613800138000"},
     }
     body.update(kw)
-    return orjson.dumps(body)
+    return orjson.dumps({k: v for k, v in body.items() if v is not None})
 
 
 def record(topic: str, offset: int, raw: bytes, key: str) -> ConsumerRecord[bytes, bytes]:
@@ -138,3 +138,93 @@ async def test_erasing_a_customer_erases_the_ledger(broker: str, redis_server: s
         tombstone = ConsumerRecord(tp.topic, 0, 0, 0, 0, b"gone", None, None, 4, -1, [])
         await h.engine.process({tp: [tombstone]})
         assert not await h.redis.exists(keys.ledger("gone"), keys.ledger_version("gone"))
+
+
+async def test_quiet_hours_opt_out_and_third_party_through_the_broker(
+    broker: str, redis_server: str
+) -> None:
+    """At 10:00 in Shanghai: a borrower whose quiet hours run to 11:00 is deferred to 11:00;
+    an opted-out SMS is suppressed and the plan moves on to email (a transactional OTP still
+    goes out by SMS); a collection step aimed at a backup contact is suppressed."""
+    clock = {"clock_start": SHANGHAI_TUESDAY_10H, "time_scale": 1.0}
+    async with engine_harness(broker, redis_server, policy="cn", **clock) as h:
+        t = h.settings.topics
+        at = h.engine.clock.now()
+        profiles = {
+            "quiet": {"quiet_hours": [{"from": "09:00", "to": "11:00"}]},
+            "optout": {"opted_out_channels": ["sms"], "email": "b@example.com"},
+            "otp": {"opted_out_channels": ["sms"]},
+        }
+        for cid, extra in profiles.items():
+            body = {
+                "schema": "customer.profile/v1",
+                "customer_id": cid,
+                "phone": "+8613800139999",
+                "timezone": "Asia/Shanghai",
+                **extra,
+            }
+            await h.publish(t.profiles, body, key=cid)
+        keys = [h.store.keys.profile(cid) for cid in profiles]
+        for _ in range(200):  # the router stores profiles before it routes what follows
+            if await h.redis.exists(*keys) == len(keys):
+                break
+            await asyncio.sleep(0.05)
+        async with Reader(broker, t.audit, t.dispatch("email"), t.dispatch("sms")) as r:
+            await h.publish(
+                t.requested, orjson.loads(request("q", "quiet", at, contacts=None)), key="quiet"
+            )
+            reminder = request("o", "optout", at, type="repayment_due", contacts=None)
+            await h.publish(t.requested, orjson.loads(reminder), key="optout")
+            otp = request("p", "otp", at, type="otp", contacts=None)
+            await h.publish(t.requested, orjson.loads(otp), key="otp")
+            (quiet,) = await r.take(t.audit, where=lambda m: value(m)["notification_id"] == "q")
+            assert value(quiet)["decision"] == (
+                "deferred: quiet_hours until 2026-11-24T11:00:00+08:00"
+            )
+            (email,) = await r.take(t.dispatch("email"))
+            assert value(email)["notification_id"] == "o"
+            suppressed = await r.take(
+                t.audit,
+                where=lambda m: (
+                    value(m)["notification_id"] == "o" and value(m).get("outcome") == "suppressed"
+                ),
+                count=2,
+            )  # push (no token) and sms (opted out)
+            assert {value(m)["decision"] for m in suppressed} == {
+                "suppressed: no_address",
+                "suppressed: opted_out",
+            }
+            (sms,) = await r.take(t.dispatch("sms"))
+            assert value(sms)["notification_id"] == "p"  # transactional: not bound by it
+
+
+async def test_collection_never_reaches_a_backup_contact_through_the_broker(
+    broker: str, redis_server: str, tmp_path: Any
+) -> None:
+    plans = tmp_path / "plans.yaml"
+    plans.write_text(
+        "plans:\n"
+        "  overdue_notice:\n"
+        "    category: collection\n"
+        "    steps:\n"
+        "      - {channel: voice, target: backup_contacts, relations: [spouse]}\n"
+        "      - {channel: sms}\n"
+    )
+    clock = {"clock_start": SHANGHAI_TUESDAY_10H, "time_scale": 1.0}
+    async with engine_harness(broker, redis_server, plans=plans, policy="cn", **clock) as h:
+        t = h.settings.topics
+        at = h.engine.clock.now()
+        backups = [{"relation": "spouse", "phone": "+8613911112222"}]
+        body = request(
+            "tp", "c9", at, contacts={"phone": "+8613800139999", "backup_contacts": backups}
+        )
+        async with Reader(broker, t.audit, t.dispatch("voice"), t.dispatch("sms")) as r:
+            await h.publish(t.requested, orjson.loads(body), key="c9")
+            (sms,) = await r.take(t.dispatch("sms"))
+            assert value(sms)["notification_id"] == "tp"
+            (audit,) = await r.take(
+                t.audit, where=lambda m: value(m).get("decision") == "suppressed: third_party"
+            )
+            assert value(audit)["notification_id"] == "tp"
+            await r.settle(0.3)
+            assert not [m for m in r.seen if m.topic == t.dispatch("voice")]
