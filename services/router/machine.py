@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -104,7 +104,11 @@ class Machine:
         if isinstance(state_or_type, NotificationState):
             st = state_or_type
             return self.policy.needs_ledger(st.category, {leg.channel for leg in st.legs})
-        plan = self.plans.get(state_or_type)
+        return self._type_needs_ledger(state_or_type, category)
+
+    @lru_cache(maxsize=256)  # noqa: B019 (a handful of types and categories, for the life)
+    def _type_needs_ledger(self, type_: str, category: str) -> bool:
+        plan = self.plans.get(type_)
         if plan is None:
             return False
         cat = category or plan.category
@@ -325,9 +329,9 @@ class Machine:
             data=state.data,
             tz=self._tz(state),
             country=p.country,
-            quiet_hours=tuple(p.quiet_hours),
-            opted_out=frozenset(p.opted_out_channels),
-            revoked=frozenset(p.revoked_channels),
+            quiet_hours=p.quiet_hours,
+            opted_out=p.opted_out_channels,
+            revoked=p.revoked_channels,
             ledger=ledger,
         )
 

@@ -61,9 +61,11 @@ for i, t in ipairs(items) do
     if #ladds > 0 or #lrems > 0 then
       for j = 1, #ladds, 2 do redis.call('ZADD', t[12], ladds[j + 1], ladds[j]) end
       each_chunk(lrems, 1, function(a, b) redis.call('ZREM', t[12], unpack(lrems, a, b)) end)
-      redis.call('ZREMRANGEBYSCORE', t[12], '-inf', '(' .. t[17])
       redis.call('EXPIRE', t[12], t[18])
-      redis.call('INCR', t[13])
+      -- prune entries older than every cap window on every 16th write (reads skip them)
+      if redis.call('INCR', t[13]) % 16 == 1 then
+        redis.call('ZREMRANGEBYSCORE', t[12], '-inf', '(' .. t[17])
+      end
       redis.call('EXPIRE', t[13], t[18])
     end
   end

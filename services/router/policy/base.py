@@ -10,6 +10,7 @@ runs them in order: gates that never change with time, then windows, then freque
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -56,9 +57,9 @@ class Contact:
     data: dict[str, Any]
     tz: ZoneInfo
     country: str
-    quiet_hours: tuple[tuple[str, str], ...]
-    opted_out: frozenset[Channel]
-    revoked: frozenset[Channel]
+    quiet_hours: Sequence[tuple[str, str]]
+    opted_out: Collection[Channel]
+    revoked: Collection[Channel]
     ledger: LedgerView | None
 
     @property
