@@ -260,3 +260,32 @@ async def test_address_lists_are_bounded_with_a_dead_letter_naming_the_field(
             assert any(d.startswith("contacts.push_tokens:") for d in details)
             pushes = await r.take(t.dispatch("push"))
             assert {value(p)["notification_id"] for p in pushes} == {"ok"}
+
+
+async def test_erasing_a_customer_ends_its_notifications_in_flight(
+    broker: str, redis_server: str
+) -> None:
+    """Poison pill 7: a tombstone while a call is in flight ends the notification with one
+    final status (`suppressed`, decision `suppressed: erased`), never silence."""
+    async with engine_harness(broker, redis_server) as h:
+        t = h.settings.topics
+        async with Reader(broker, t.dispatch("voice"), t.status, t.audit) as r:
+            await h.publish(
+                t.requested,
+                event("gone1", cid="gone", contacts={"phone": "+8613800000009"}),
+                key="gone",
+            )
+            (call,) = await r.take(t.dispatch("voice"))
+            await h.publish(t.profiles, None, key="gone")
+            (status,) = await r.take(
+                t.status, where=lambda m: value(m)["notification_id"] == "gone1"
+            )
+            assert (value(status)["status"], value(status)["channel"]) == ("suppressed", None)
+            (record,) = await r.take(
+                t.audit, where=lambda m: value(m).get("decision") == "suppressed: erased"
+            )
+            assert value(record)["notification_id"] == "gone1"
+            await answer(h, value(call), "delivered")  # the call's outcome comes later: stale
+            await r.settle(0.5)
+            assert len([m for m in r.seen if m.topic == t.status]) == 1
+        assert not await h.redis.exists(h.store.keys.state("gone1"))

@@ -129,9 +129,9 @@ class RouterEngine:
         for tp, msgs in batch.items():
             EVENTS_CONSUMED.labels(service=self.service, topic=tp.topic).inc(len(msgs))
         intake = read_batch(batch, self.topics, self.machine.plans, self.needs)
-        if intake.profiles:
-            await self._profiles(intake)
-        pending = await self._requests(intake, now) if intake.requests else []
+        pending = await self._profiles(intake, now) if intake.profiles else []
+        if intake.requests:
+            pending += await self._requests(intake, now)
         if intake.inbox:
             pending += await self._inbox(intake, now)
         records: list[tuple[TopicPartition, OutRecord]] = []
@@ -150,10 +150,14 @@ class RouterEngine:
 
     # --- per topic ------------------------------------------------------------------------
 
-    async def _profiles(self, intake: Intake) -> None:
+    async def _profiles(self, intake: Intake, now: Datetime) -> list[Pending]:
+        """Store profiles; for a tombstone, end the customer's notifications in flight
+        (`suppressed: erased`, their final statuses produced with the batch), then erase."""
         commands: list[bytes] = []
-        for cid, profile in intake.profiles:
+        erased: dict[str, TopicPartition] = {}
+        for tp, cid, profile in intake.profiles:
             if profile is None:
+                erased[cid] = tp
                 commands.append(self.store.erase_customer(cid))
             else:
                 commands.append(
@@ -161,7 +165,29 @@ class RouterEngine:
                         "SET", self.store.keys.profile(cid), profile.model_dump_json(by_alias=True)
                     )
                 )
+        finals = await self._erase_in_flight(erased, now) if erased else []
         await self.store.run(commands)
+        return finals
+
+    async def _erase_in_flight(
+        self, erased: dict[str, TopicPartition], now: Datetime
+    ) -> list[Pending]:
+        keys = self.store.keys
+        members = await self.store.run(
+            [pack_command("SMEMBERS", keys.customer_notifications(cid)) for cid in erased]
+        )
+        owner = {m.decode(): cid for cid, ms in zip(erased, members, strict=True) for m in ms}
+        nids = list(owner)
+        todo: list[tuple[Pending, str]] = []
+        for nid, (v, raw) in zip(nids, await self.store.read_states(nids), strict=True):
+            if v is None or raw is None:
+                continue
+            state = decode_state(raw)
+            fx = self.machine.on_erase(state, now)
+            if fx is not None:
+                todo.append((self._pack(erased[owner[nid]], state, fx, int(v), {}, now), nid))
+        # A transition that lost a race (code 0) is erased all the same, without a status.
+        return [p for p, _, code in await self._apply(todo) if code == 1]
 
     async def _requests(self, intake: Intake, now: Datetime) -> list[Pending]:
         cids = list({r.customer_id for _, _, r in intake.requests})

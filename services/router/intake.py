@@ -28,7 +28,8 @@ InboxEvent = AttemptOutcome | TimerFired
 
 @dataclass
 class Intake:
-    profiles: list[tuple[str, CustomerProfile | None]] = field(default_factory=list)  # None: erase
+    # (partition, customer id, profile); None: a tombstone, erase the customer
+    profiles: list[tuple[TopicPartition, str, CustomerProfile | None]] = field(default_factory=list)
     requests: list[tuple[TopicPartition, Record, NotificationRequested]] = field(
         default_factory=list
     )
@@ -73,7 +74,7 @@ def read_batch(
         for msg in msgs:
             try:
                 if tp.topic == topics.profiles:
-                    intake.profiles.append(_profile(msg))
+                    intake.profiles.append((tp, *_profile(msg)))
                 elif tp.topic == topics.requested:
                     intake.requests.append((tp, msg, _request(msg, plans, needs)))
                 elif tp.topic == topics.router_inbox:

@@ -232,6 +232,17 @@ class Machine:
             return fx
         return None
 
+    def on_erase(self, state: NotificationState, now: datetime) -> Effects | None:
+        """The customer is erased (profile tombstone) while this notification is in flight:
+        it ends `suppressed` with the decision `suppressed: erased`; its timers go. An attempt
+        already handed to a provider cannot be recalled (docs/architecture.md)."""
+        if state.final:
+            return None
+        fx = Effects()
+        fx.timers_del.append(self._member(state, state_timer_kind(state), state.leg, state.attempt))
+        self._finish(state, fx, now, "suppressed", "suppressed: erased")
+        return fx
+
     # --- moves ----------------------------------------------------------------------------
 
     def _after_outcome(
