@@ -18,14 +18,11 @@ from aiohttp import web
 from shared.channel.provider import (
     Inbound,
     Message,
-    Provider,
-    ProviderContext,
     ProviderOutcome,
     Receipt,
     SendResult,
 )
-from shared.channel.twilio import TwilioClient, TwilioSettings
-from shared.channel.webhooks import Params, TwilioWebhooks, twiml
+from shared.channel.webhooks import Params, TwilioProvider, int_param, twiml
 from shared.contract.models import Dispatch
 
 log = logging.getLogger(__name__)
@@ -48,35 +45,8 @@ def status_outcome(status: str, error_code: int | None) -> ProviderOutcome | Non
     return None  # queued, accepted, scheduled, sending, sent: more is coming
 
 
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
-
-
-class TwilioSms(Provider):
+class TwilioSms(TwilioProvider):
     """The `twilio` SMS provider."""
-
-    name = "twilio"
-
-    def __init__(self, settings: TwilioSettings) -> None:
-        self.settings = settings
-        self.client = TwilioClient(settings, self.name)
-        self.webhooks = TwilioWebhooks(settings, self.name)
-        self._ctx: ProviderContext | None = None
-
-    @property
-    def ctx(self) -> ProviderContext:
-        if self._ctx is None:
-            raise RuntimeError("twilio sms used before start()")
-        return self._ctx
-
-    async def start(self, ctx: ProviderContext) -> None:
-        """Check the settings, open the HTTP session, arm the webhooks."""
-        token = await self.client.start()
-        self.webhooks.start(token.get_secret_value(), ctx.redis, ctx.settings.key_prefix)
-        self._ctx = ctx
-
-    async def close(self) -> None:
-        await self.client.close()
 
     async def send(self, dispatch: Dispatch, message: Message) -> SendResult:
         """Create the message; Accepted with its sid, or the outcome of a refusal."""
@@ -101,7 +71,7 @@ class TwilioSms(Provider):
 
     async def on_status(self, params: Params) -> web.Response:
         """A status callback: final statuses become the attempt's receipt."""
-        status, code = params["MessageStatus"], _int(params.get("ErrorCode"))
+        status, code = params["MessageStatus"], int_param(params.get("ErrorCode"))
         outcome = status_outcome(status, code)
         if outcome is not None:
             detail = f"Twilio: {status}" + (f" (error {code})" if code else "")

@@ -19,14 +19,11 @@ from aiohttp import web
 from shared.channel.provider import (
     Inbound,
     Message,
-    Provider,
-    ProviderContext,
     ProviderOutcome,
     Receipt,
     SendResult,
 )
-from shared.channel.twilio import TwilioClient, TwilioSettings
-from shared.channel.webhooks import Params, TwilioWebhooks, twiml
+from shared.channel.webhooks import Params, TwilioProvider, int_param, twiml
 from shared.contract.models import Dispatch
 from shared.errors import ConfigError
 
@@ -63,7 +60,7 @@ def status_outcome(params: Params) -> tuple[ProviderOutcome, str] | None:
     """The outcome and detail a call status callback reports; None while the call goes on."""
     status = params.get("CallStatus", "")
     answered_by = params.get("AnsweredBy", "")
-    code, sip = _int(params.get("ErrorCode")), _int(params.get("SipResponseCode"))
+    code, sip = int_param(params.get("ErrorCode")), int_param(params.get("SipResponseCode"))
     if status == "completed":
         if answered_by.startswith("machine_"):
             return "voicemail", f"answered by a machine ({answered_by})"
@@ -85,37 +82,13 @@ def status_outcome(params: Params) -> tuple[ProviderOutcome, str] | None:
     return None  # queued, initiated, ringing, in-progress
 
 
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
-
-
-class TwilioVoice(Provider):
+class TwilioVoice(TwilioProvider):
     """The `twilio` voice provider."""
 
-    name = "twilio"
-
-    def __init__(self, settings: TwilioSettings) -> None:
-        self.settings = settings
-        self.client = TwilioClient(settings, self.name)
-        self.webhooks = TwilioWebhooks(settings, self.name)
-        self._ctx: ProviderContext | None = None
-
-    @property
-    def ctx(self) -> ProviderContext:
-        if self._ctx is None:
-            raise RuntimeError("twilio voice used before start()")
-        return self._ctx
-
-    async def start(self, ctx: ProviderContext) -> None:
-        """Check the settings, open the HTTP session, arm the webhooks."""
+    def check_settings(self) -> None:
+        """Calls need a caller id."""
         if not self.settings.from_number:
             raise ConfigError("TONGDA_TWILIO_FROM_NUMBER is not set (the caller id of calls)")
-        token = await self.client.start()
-        self.webhooks.start(token.get_secret_value(), ctx.redis, ctx.settings.key_prefix)
-        self._ctx = ctx
-
-    async def close(self) -> None:
-        await self.client.close()
 
     async def send(self, dispatch: Dispatch, message: Message) -> SendResult:
         """Place the call; Accepted with its sid, or the outcome of a refusal."""

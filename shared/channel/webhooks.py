@@ -27,8 +27,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from aiohttp import web
 from redis.asyncio import Redis
 
+from shared.channel.provider import Provider, ProviderContext
 from shared.channel.ratelimit import RateLimited, TokenBucket
-from shared.channel.twilio import TwilioSettings
+from shared.channel.twilio import TwilioClient, TwilioSettings
 from shared.http import json_error
 from shared.metrics import WEBHOOK_CALLBACKS
 
@@ -216,3 +217,42 @@ async def _form_pairs(request: web.Request) -> list[tuple[str, str]] | None:
             return None
         pairs.append((name, value))
     return pairs
+
+
+def int_param(value: str | None) -> int | None:
+    """A numeric callback parameter (`ErrorCode`, `SipResponseCode`), None when absent."""
+    return int(value) if value and value.isdigit() else None
+
+
+class TwilioProvider(Provider):
+    """What the Twilio-style providers (SMS, voice) share: the REST client, the guarded
+    webhooks and the service's context. Subclasses send, and handle their callbacks."""
+
+    name = "twilio"
+
+    def __init__(self, settings: TwilioSettings) -> None:
+        self.settings = settings
+        self.client = TwilioClient(settings, self.name)
+        self.webhooks = TwilioWebhooks(settings, self.name)
+        self._ctx: ProviderContext | None = None
+
+    @property
+    def ctx(self) -> ProviderContext:
+        """The context given to `start()`."""
+        if self._ctx is None:
+            raise RuntimeError(f"{type(self).__name__} used before start()")
+        return self._ctx
+
+    def check_settings(self) -> None:
+        """Raise ConfigError for settings this provider needs beyond the shared ones."""
+
+    async def start(self, ctx: ProviderContext) -> None:
+        """Check the settings, open the HTTP session, arm the webhooks."""
+        self.check_settings()
+        token = await self.client.start()
+        self.webhooks.start(token.get_secret_value(), ctx.redis, ctx.settings.key_prefix)
+        self._ctx = ctx
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self.client.close()
