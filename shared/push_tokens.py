@@ -10,10 +10,17 @@ name: `address_hash` is a keyed HMAC (shared/addresses.py).
 
 from __future__ import annotations
 
+import logging
+
 from redis.asyncio import Redis
 
 from shared.addresses import address_hash
+from shared.channel.provider import Completed, ProviderContext
 from shared.config import CommonSettings
+from shared.contract.models import Dispatch
+from shared.masking import mask_token
+
+log = logging.getLogger(__name__)
 
 DEAD_TOKEN_TTL_S = 180 * 24 * 3600
 
@@ -41,3 +48,24 @@ async def is_token_dead(
 ) -> bool:
     """True when `token` was found dead for `customer_id`."""
     return bool(await redis.exists(dead_token_key(settings, customer_id, token)))
+
+
+async def known_dead(ctx: ProviderContext, dispatch: Dispatch) -> Completed | None:
+    """A push provider's first step: `rejected` at once for a token already found dead."""
+    if await is_token_dead(ctx.redis, ctx.settings, dispatch.customer_id, dispatch.recipient):
+        return Completed("rejected", None, "unregistered token (known dead)")
+    return None
+
+
+async def reject_dead(
+    ctx: ProviderContext, dispatch: Dispatch, reason: str, ttl_s: int = DEAD_TOKEN_TTL_S
+) -> Completed:
+    """The provider found the attempt's token dead: remember it for the customer, `rejected`."""
+    await mark_token_dead(
+        ctx.redis, ctx.settings, dispatch.customer_id, dispatch.recipient, reason, ttl_s
+    )
+    log.info(
+        "push token dead for the customer",
+        extra={"token": mask_token(dispatch.recipient), "reason": reason},
+    )
+    return Completed("rejected", None, reason)

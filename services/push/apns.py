@@ -41,8 +41,7 @@ from shared.channel.http_provider import (
 from shared.channel.provider import Completed, Message, Provider, ProviderContext, SendResult
 from shared.contract.models import Dispatch
 from shared.errors import ConfigError
-from shared.masking import mask_token
-from shared.push_tokens import DEAD_TOKEN_TTL_S, is_token_dead, mark_token_dead
+from shared.push_tokens import DEAD_TOKEN_TTL_S, known_dead, reject_dead
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +155,9 @@ class ApnsPush(Provider):
         if self._ctx is None or self._client is None:
             raise RuntimeError("apns used before start()")
         ctx, device = self._ctx, dispatch.recipient
-        if await is_token_dead(ctx.redis, ctx.settings, dispatch.customer_id, device):
-            return Completed("rejected", None, "unregistered token (known dead)")
+        dead = await known_dead(ctx, dispatch)
+        if dead is not None:
+            return dead
         self.gate.check(self.name)
         url = f"{self.settings.base_url.rstrip('/')}/3/device/{device}"
         body = orjson.dumps(apns_payload(dispatch, message))
@@ -195,19 +195,7 @@ class ApnsPush(Provider):
             return Completed("failed", None, f"APNs {reason} (HTTP {resp.status_code})")
         ctx = self._ctx
         assert ctx is not None
-        await mark_token_dead(
-            ctx.redis,
-            ctx.settings,
-            dispatch.customer_id,
-            dispatch.recipient,
-            dead,
-            self.settings.dead_token_ttl_s,
-        )
-        log.info(
-            "push token dead for the customer",
-            extra={"token": mask_token(dispatch.recipient), "reason": dead},
-        )
-        return Completed("rejected", None, dead)
+        return await reject_dead(ctx, dispatch, dead, self.settings.dead_token_ttl_s)
 
 
 def apns_payload(dispatch: Dispatch, message: Message) -> dict[str, Any]:

@@ -43,8 +43,8 @@ from shared.channel.http_provider import (
 from shared.channel.provider import Completed, Message, Provider, ProviderContext, SendResult
 from shared.contract.models import Dispatch
 from shared.errors import ConfigError
-from shared.masking import mask_token, scrub
-from shared.push_tokens import DEAD_TOKEN_TTL_S, is_token_dead, mark_token_dead
+from shared.masking import scrub
+from shared.push_tokens import DEAD_TOKEN_TTL_S, known_dead, reject_dead
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +224,10 @@ class FcmPush(Provider):
         """Send one notification; the outcome is known at once."""
         if self._ctx is None or self._session is None:
             raise RuntimeError("fcm used before start()")
-        ctx, token = self._ctx, dispatch.recipient
-        if await is_token_dead(ctx.redis, ctx.settings, dispatch.customer_id, token):
-            return Completed("rejected", None, "unregistered token (known dead)")
+        ctx = self._ctx
+        dead = await known_dead(ctx, dispatch)
+        if dead is not None:
+            return dead
         self.gate.check(self.name)
         body = orjson.dumps({"message": fcm_message(dispatch, message)})
         for attempt in (1, 2):
@@ -267,19 +268,7 @@ class FcmPush(Provider):
         if dead is not None:
             ctx = self._ctx
             assert ctx is not None
-            await mark_token_dead(
-                ctx.redis,
-                ctx.settings,
-                dispatch.customer_id,
-                dispatch.recipient,
-                dead,
-                self.settings.dead_token_ttl_s,
-            )
-            log.info(
-                "push token dead for the customer",
-                extra={"token": mask_token(dispatch.recipient), "reason": dead},
-            )
-            return Completed("rejected", None, dead)
+            return await reject_dead(ctx, dispatch, dead, self.settings.dead_token_ttl_s)
         message = scrub(str(_error(answer).get("message") or ""))[:200]
         return Completed("failed", None, f"FCM {code or _status(answer)}: {message}")
 
