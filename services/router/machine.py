@@ -363,8 +363,7 @@ class Machine:
         state.leg, state.attempt = index, attempt
         contact = self._contact(state, leg, ledger)
         verdict = self.policy.decide(contact, now)
-        if self.policy.caps.applicable(contact):
-            fx.ledger_read = True
+        fx.ledger_read = fx.ledger_read or verdict.read_ledger
         if verdict.action == "suppress":
             fx.decisions.append(("suppressed", verdict.rule, leg.channel))
             self._record_attempt(state, fx, leg, "suppressed", now, None, verdict.rule, None)

@@ -14,6 +14,7 @@ each a small class with a typed config; a new rule is its module, its config fie
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -73,8 +74,11 @@ class ContactPolicy:
         until, rule = self._windows(c, now)
         if rule is not None:
             return Verdict("suppress" if until is None else "defer", rule, until)
-        verdict = self.caps.check(c, now)
-        return verdict or ALLOW
+        caps = self.caps.applicable(c)
+        if not caps:
+            return ALLOW
+        verdict = self.caps.check(c, now, caps) or ALLOW
+        return replace(verdict, read_ledger=True)
 
     def _windows(self, c: Contact, now: datetime) -> tuple[datetime | None, str | None]:
         """(the instant every applicable window is open, the first rule that closed it);

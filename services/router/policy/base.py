@@ -30,6 +30,7 @@ class Verdict:
     action: Action
     rule: str = ""
     until: datetime | None = None
+    read_ledger: bool = False  # the verdict depends on the ledger (a cap was evaluated)
 
     def decision(self, tz: ZoneInfo | None = None) -> str:
         """The contract's `decision` text: `<verdict>: <rule> [until <RFC 3339>]`."""

@@ -82,8 +82,11 @@ class FrequencyCaps:
             and c.priority not in cap.bypass_priorities
         ]
 
-    def check(self, c: Contact, now: datetime) -> Verdict | None:
-        caps = self.applicable(c)
+    def check(
+        self, c: Contact, now: datetime, caps: list[CapConfig] | None = None
+    ) -> Verdict | None:
+        """The first cap `c` would exceed (`caps`: the applicable ones, if known)."""
+        caps = self.applicable(c) if caps is None else caps
         if not caps:
             return None
         ledger = c.ledger
