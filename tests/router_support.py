@@ -4,9 +4,10 @@ broker and Redis, and readers that await records on a topic."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 
 from services.router.core import build_core
 from services.router.engine import RecoveringListener, RouterEngine
+from services.router.inquiries import InquiryDesk
 from services.router.outbox import Outbox
 from services.router.plans import load_plans
 from services.router.policy import load_policy
@@ -59,6 +61,7 @@ class Harness:
     outbox: Outbox
     engine: RouterEngine
     scheduler: Scheduler
+    desk: InquiryDesk
 
     async def publish(
         self, topic: str, value: bytes | dict[str, Any] | None, key: str = "c1"
@@ -88,7 +91,7 @@ async def engine_harness(
         s, load_plans(plans), load_policy(s.policy_preset, s.policy_path), redis, producer
     )
     engine = core.engine
-    h = Harness(s, redis, producer, core.store, core.outbox, engine, core.scheduler)
+    h = Harness(s, redis, producer, core.store, core.outbox, engine, core.scheduler, core.desk)
     stopping = asyncio.Event()
     task = None
     consumer = None
@@ -167,3 +170,44 @@ def header(m: ConsumerRecord[bytes, bytes], name: str) -> str | None:
         if k == name:
             return v.decode()
     return None
+
+
+@asynccontextmanager
+async def answering(
+    h: Harness, outcome: Callable[[dict[str, Any]], str] = lambda d: "delivered"
+) -> AsyncIterator[None]:
+    """Stand-in channel services for an engine harness: every dispatch gets `outcome(d)`
+    at once on the router inbox, as a channel service would report it."""
+    t = h.settings.topics
+
+    async def loop(r: Reader) -> None:
+        done = 0
+        while True:
+            await r.poll()
+            for m in r.seen[done:]:
+                d = value(m)
+                await h.publish(
+                    t.router_inbox,
+                    {
+                        "schema": "tongda.outcome/v1",
+                        "notification_id": d["notification_id"],
+                        "customer_id": d["customer_id"],
+                        "channel": d["channel"],
+                        "leg": d["leg"],
+                        "attempt": d["attempt"],
+                        "outcome": outcome(d),
+                        "provider": "test",
+                        "at": d["dispatched_at"],
+                    },
+                    key=d["customer_id"],
+                )
+            done = len(r.seen)
+
+    async with Reader(h.settings.kafka_bootstrap, *[t.dispatch(c) for c in CHANNELS]) as r:
+        task = asyncio.create_task(loop(r))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -189,7 +189,7 @@ async def api(
 ) -> AsyncIterator[tuple[TestClient[Any, Any], Harness]]:
     async with engine_harness(broker, redis_server) as h:
         settings = h.settings.model_copy(update={"api_token": SecretStr(TOKEN)})
-        app = create_api(settings, h.producer, h.redis, load_plans(), [])
+        app = create_api(settings, h.producer, h.redis, load_plans(), h.desk, [])
         yield await aiohttp_client(app), h
 
 

@@ -46,6 +46,7 @@ async def api(
             h.producer,
             h.redis,
             load_plans(),
+            h.desk,
             [
                 ("redis", redis_check(h.redis)),
             ],

@@ -8,6 +8,7 @@ import sys
 import faust
 
 from services.router.app import create_app
+from services.router.intents import Classifier
 from services.router.plans import load_plans
 from services.router.policy import load_policy
 from shared.config import DEFAULT_API_TOKEN, RouterSettings, load_settings
@@ -27,6 +28,7 @@ def main() -> None:
         plans = load_plans(settings.plans_path)
         use_templates(settings.templates_path)  # the variables requests must carry
         policy = load_policy(settings.policy_preset, settings.policy_path)
+        classifier = Classifier.from_file(settings.intents_path)
         missing = asyncio.run(missing_topics(settings, [t.name for t in topic_specs(settings)]))
         if missing:
             raise ConfigError(
@@ -36,7 +38,7 @@ def main() -> None:
     except ConfigError as exc:
         print(f"tongda-router: {exc}", file=sys.stderr)
         sys.exit(2)
-    app, _ = create_app(settings, plans, policy)
+    app, _ = create_app(settings, plans, policy, classifier)
     tune_gc(settings.gc_gen0_threshold)
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
     worker.spinner = None

@@ -1,4 +1,5 @@
-"""The router's HTTP API (docs/CONTRACT.md "HTTP (router)"): submit and inspect notifications."""
+"""The router's HTTP API (docs/CONTRACT.md "HTTP (router)"): submit and inspect notifications,
+inspect inquiries, record a borrower's channel preference."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
+from services.router.inquiries import InquiryDesk
 from services.router.intake import MessageNeeds, check_request
 from services.router.plans import PlanBook
 from services.router.state import NotificationState, decode_state
@@ -21,7 +23,7 @@ from shared.contract.codec import (
     decode,
     parse_json,
 )
-from shared.contract.models import NotificationRequested
+from shared.contract.models import CHANNELS, NotificationRequested
 from shared.errors import InvalidEvent
 from shared.http import (
     READINESS_CHECKS,
@@ -39,6 +41,7 @@ REDIS = web.AppKey("redis", Redis)
 PLANS = web.AppKey("plans", PlanBook)
 KEYS = web.AppKey("keys", Keys)
 NEEDS = web.AppKey("needs", MessageNeeds)
+DESK = web.AppKey("desk", InquiryDesk)
 
 
 def _dumps(obj: Any) -> str:
@@ -162,11 +165,42 @@ async def get_timeline(request: web.Request) -> web.Response:
     return web.json_response({"customer_id": cid, "records": records}, dumps=_dumps)
 
 
+async def get_inquiry(request: web.Request) -> web.Response:
+    iid = request.match_info["id"]
+    view = await request.app[DESK].view(iid)
+    if view is None:
+        return json_error(404, "not_found", f"no inquiry with id {iid!r}")
+    return web.json_response(view, dumps=_dumps)
+
+
+async def put_preference(request: web.Request) -> web.Response:
+    """An agent records a borrower's opt-out or opt-in: `{"state": "opted_out"}`."""
+    cid, channel = request.match_info["customer_id"], request.match_info["channel"]
+    if channel not in CHANNELS:
+        return json_error(
+            400, "invalid_channel", f"channel must be one of {', '.join(CHANNELS)}", field="channel"
+        )
+    try:
+        body = parse_json(await request.read())
+    except InvalidEvent as exc:
+        return _invalid(exc)
+    state = body.get("state") if isinstance(body, dict) else None
+    if state not in ("opted_out", "opted_in"):
+        return json_error(
+            400, "invalid_fields", "state: must be opted_out or opted_in", field="state"
+        )
+    if not 1 <= len(cid) <= 128:
+        return json_error(400, "invalid_fields", "customer_id: 1 to 128 characters")
+    event = await request.app[DESK].set_preference(cid, channel, state)
+    return web.json_response(event.model_dump(mode="json", by_alias=True), dumps=_dumps)
+
+
 def create_api(
     settings: RouterSettings,
     producer: AIOKafkaProducer,
     redis: Redis,
     plans: PlanBook,
+    desk: InquiryDesk,
     checks: list[tuple[str, ReadinessCheck]],
 ) -> web.Application:
     app = web.Application(
@@ -179,9 +213,12 @@ def create_api(
     app[PLANS] = plans
     app[KEYS] = Keys(settings.key_prefix)
     app[NEEDS] = MessageNeeds(plans)
+    app[DESK] = desk
     app[READINESS_CHECKS] = checks
     app.router.add_post("/v1/notifications", post_notification)
     app.router.add_get("/v1/notifications/{id}", get_notification)
     app.router.add_get("/v1/customers/{customer_id}/timeline", get_timeline)
+    app.router.add_get("/v1/inquiries/{id}", get_inquiry)
+    app.router.add_put("/v1/customers/{customer_id}/preferences/{channel}", put_preference)
     add_ops_routes(app)
     return app

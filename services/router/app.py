@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -25,7 +26,8 @@ from redis.asyncio import Redis
 from services.router.api import create_api
 from services.router.core import build_core
 from services.router.engine import RecoveringListener, RouterEngine
-from services.router.inquiries import record_inquiry
+from services.router.inquiries import InquiryDesk
+from services.router.intents import Classifier
 from services.router.plans import PlanBook
 from services.router.policy import ContactPolicy
 from services.router.scheduler import Scheduler
@@ -48,12 +50,19 @@ class RouterService(mode.Service):
     """
 
     def __init__(
-        self, settings: RouterSettings, plans: PlanBook, policy: ContactPolicy, **kw: Any
+        self,
+        settings: RouterSettings,
+        plans: PlanBook,
+        policy: ContactPolicy,
+        classifier: Classifier,
+        **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self.settings = settings
         self.plans = plans
         self.policy = policy
+        self.classifier = classifier
+        self.desk: InquiryDesk | None = None
         self.redis: Redis | None = None
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -68,8 +77,10 @@ class RouterService(mode.Service):
         self.redis = make_redis(s)
         self.producer = make_producer(s, f"{s.kafka_client_id}-router")
         await self.producer.start()
-        core = await build_core(s, self.plans, self.policy, self.redis, self.producer)
-        self.engine, self.scheduler = core.engine, core.scheduler
+        core = await build_core(
+            s, self.plans, self.policy, self.redis, self.producer, self.classifier
+        )
+        self.engine, self.scheduler, self.desk = core.engine, core.scheduler, core.desk
         self.consumer = make_consumer(s, s.consumer_group, [], f"{s.kafka_client_id}-router")
         self.consumer.subscribe(
             self.engine.input_topics(), listener=RecoveringListener(self.engine)
@@ -79,6 +90,7 @@ class RouterService(mode.Service):
             self.producer,
             self.redis,
             self.plans,
+            self.desk,
             [
                 ("redis", redis_check(self.redis)),
                 ("kafka", self._kafka_check),
@@ -86,9 +98,7 @@ class RouterService(mode.Service):
                 ("consume_loop", self.engine.watchdog.check()),
             ],
         )
-        self.runner = web.AppRunner(
-            api, handle_signals=False, access_log=None, **server_options(s)
-        )
+        self.runner = web.AppRunner(api, handle_signals=False, access_log=None, **server_options(s))
         await self.runner.setup()
         await web.TCPSite(self.runner, s.http_host, s.http_port).start()
         await self.consumer.start()
@@ -109,8 +119,7 @@ class RouterService(mode.Service):
                     backoff_s = 0.0
                 backoff_s = min(10.0, backoff_s * 2 or 0.2)
                 log.warning(
-                    "batch loop: %s; batch will be redelivered and deduplicated; "
-                    "again in %.1f s",
+                    "batch loop: %s; batch will be redelivered and deduplicated; again in %.1f s",
                     exc,
                     backoff_s,
                 )
@@ -150,9 +159,13 @@ class RouterService(mode.Service):
 
 
 def create_app(
-    settings: RouterSettings, plans: PlanBook, policy: ContactPolicy
+    settings: RouterSettings,
+    plans: PlanBook,
+    policy: ContactPolicy,
+    classifier: Classifier | None = None,
 ) -> tuple[faust.App, RouterService]:
-    """The router's whole wiring: faust app, batch-loop service, scheduler timer, agent."""
+    """The router's whole wiring: faust app, batch-loop service, scheduler timer (which also
+    fires inquiry SLA deadlines), the agents for inquiries and their resolutions."""
     s = settings
     session_s = s.kafka_session_timeout_ms / 1000
     app = faust.App(
@@ -167,7 +180,7 @@ def create_app(
         broker_heartbeat_interval=max(0.1, session_s / 4),
         datadir=str(s.faust_datadir),
     )
-    service = RouterService(s, plans, policy)
+    service = RouterService(s, plans, policy, classifier or Classifier.from_file(s.intents_path))
 
     @app.service
     class _Router(mode.Service):  # faust instantiates it; it starts and stops our instance
@@ -180,19 +193,43 @@ def create_app(
         if service.scheduler is not None and not service.stopping.is_set():
             try:
                 await service.scheduler.tick()
+                if service.desk is not None:
+                    await service.desk.tick()
             except Exception:  # Redis or broker unavailable: try again next tick
                 log.exception("scheduler tick failed")
 
-    inquiries = app.topic(s.topics.inquiries, value_serializer="raw", key_serializer="raw")
-
-    @app.agent(inquiries)
-    async def record_inquiries(stream: Any) -> None:
-        async for event in stream.events():
-            if service.redis is None or service.producer is None:
+    async def handle(
+        event: Any, what: str, handler: Callable[[InquiryDesk, bytes | None], Awaitable[str]]
+    ) -> None:
+        """One inquiry-side event: invalid → dead letter; Redis or broker trouble → try
+        again with backoff (never lost: the offset is not committed until it is handled)."""
+        delay_s = 0.2
+        while not service.stopping.is_set():
+            if service.desk is None or service.producer is None:
+                await asyncio.sleep(delay_s)
                 continue
             try:
-                await record_inquiry(event.value, s, service.redis, service.producer)
+                await handler(service.desk, event.value)
+                return
             except InvalidEvent as exc:
                 await send_deadletter(service.producer, s, event.message, exc, "router")
+                return
+            except Exception:
+                log.exception("%s failed; trying again in %.1f s", what, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(10.0, delay_s * 2)
+
+    inquiries = app.topic(s.topics.inquiries, value_serializer="raw", key_serializer="raw")
+    resolved = app.topic(s.topics.resolved, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(inquiries)
+    async def handle_inquiries(stream: Any) -> None:
+        async for event in stream.events():
+            await handle(event, "inquiry", InquiryDesk.on_received)
+
+    @app.agent(resolved)
+    async def handle_resolutions(stream: Any) -> None:
+        async for event in stream.events():
+            await handle(event, "resolution", InquiryDesk.on_resolved)
 
     return app, service

@@ -9,6 +9,8 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from services.router.engine import RouterEngine
+from services.router.inquiries import InquiryDesk
+from services.router.intents import Classifier
 from services.router.machine import Machine
 from services.router.outbox import Outbox
 from services.router.plans import PlanBook
@@ -26,6 +28,7 @@ class RouterCore:
     machine: Machine
     engine: RouterEngine
     scheduler: Scheduler
+    desk: InquiryDesk
 
 
 async def build_core(
@@ -34,8 +37,10 @@ async def build_core(
     policy: ContactPolicy,
     redis: Redis,
     producer: AIOKafkaProducer,
+    classifier: Classifier | None = None,
 ) -> RouterCore:
-    """Everything between the consumer and Redis/Kafka; loads the Lua scripts."""
+    """Everything between the consumer and Redis/Kafka; loads the Lua scripts.
+    `classifier`: the intent rules (None: load `settings.intents_path` or the shipped ones)."""
     s = settings
     clock = s.clock()
     await clock.sync(redis, s.key_prefix)  # a simulated clock's origin, once the stack is up
@@ -47,4 +52,13 @@ async def build_core(
     )
     machine = Machine(plans, policy, clock.at_least_real(0.0, s.min_real_timeout_s))
     engine = RouterEngine(s, redis, store, outbox, machine, clock)
-    return RouterCore(store, outbox, machine, engine, Scheduler(s, store, producer, clock))
+    desk = InquiryDesk(
+        s,
+        redis,
+        store,
+        producer,
+        classifier or Classifier.from_file(s.intents_path),
+        policy.config.hardship_hold,
+        clock,
+    )
+    return RouterCore(store, outbox, machine, engine, Scheduler(s, store, producer, clock), desk)

@@ -23,6 +23,13 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 from redis.asyncio import Redis
 
+from services.router.controls import (
+    apply_controls,
+    controls_commands,
+    parse_controls,
+    read_controls,
+)
+from services.router.inquiries.index import SenderIndex
 from services.router.intake import InboxEvent, Intake, MessageNeeds, read_batch
 from services.router.ledger import LedgerView
 from services.router.machine import Effects, Machine
@@ -71,6 +78,9 @@ class RouterEngine:
         self.clock = clock or settings.clock()
         self.topics = settings.topics
         self.needs = MessageNeeds(machine.plans)
+        self.senders = SenderIndex(
+            redis, store.keys, settings.address_hash_key.get_secret_value().encode()
+        )
         # readiness: 503 when no batch completed for stall_after_s while records wait
         self.watchdog = Watchdog(
             self.service,
@@ -167,6 +177,7 @@ class RouterEngine:
                 )
         finals = await self._erase_in_flight(erased, now) if erased else []
         await self.store.run(commands)
+        await self.senders.update([(cid, profile) for _, cid, profile in intake.profiles])
         return finals
 
     async def _erase_in_flight(
@@ -191,9 +202,11 @@ class RouterEngine:
 
     async def _requests(self, intake: Intake, now: Datetime) -> list[Pending]:
         cids = list({r.customer_id for _, _, r in intake.requests})
-        (raw_profiles,) = await self.store.run(
-            [pack_command("MGET", *[self.store.keys.profile(c) for c in cids])]
+        keys = self.store.keys
+        raw_profiles, *raw_controls = await self.store.run(
+            [pack_command("MGET", *[keys.profile(c) for c in cids]), *controls_commands(keys, cids)]
         )
+        controls = parse_controls(cids, raw_controls)
         profiles = {
             c: CustomerProfile.model_validate_json(v) if v else None
             for c, v in zip(cids, raw_profiles, strict=True)
@@ -221,8 +234,9 @@ class RouterEngine:
                 for item in batch:
                     tp, msg, req = item
                     try:
+                        cid = req.customer_id
                         state, fx = self.machine.start(
-                            req, profiles[req.customer_id], now, ledgers.get(req.customer_id)
+                            req, profiles[cid], now, ledgers.get(cid), controls.get(cid)
                         )
                     except Exception as exc:  # a bug must not stop the partition: park it
                         log.exception("cannot start notification")
@@ -248,6 +262,11 @@ class RouterEngine:
                     STALE_EVENTS.labels(reason="unknown_notification").inc(len(groups[nid]))
                     continue
                 states[nid] = (int(v), decode_state(raw))
+            controls = await read_controls(
+                self.redis, self.store.keys, sorted({st.customer_id for _, st in states.values()})
+            )
+            for _, st in states.values():  # the borrower's opt-outs and hold, as of now
+                st.policy = apply_controls(st.policy, controls.get(st.customer_id))
             ledgers = await self._ledgers(
                 {st.customer_id for _, st in states.values() if self.machine.needs_ledger(st)},
                 now,

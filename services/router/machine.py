@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from msgspec.structs import replace
 
+from services.router.controls import Controls, apply_controls
 from services.router.ledger import Entry, LedgerView, member
 from services.router.messages import Attempt, CommsRecord, Dispatch, NotificationStatus
 from services.router.plans import PlanBook
@@ -122,8 +123,10 @@ class Machine:
         profile: CustomerProfile | None,
         now: datetime,
         ledger: LedgerView | None = None,
+        controls: Controls | None = None,
     ) -> tuple[NotificationState, Effects]:
-        """A new notification: expand its plan into legs and make the first move."""
+        """A new notification: expand its plan into legs and make the first move, with the
+        borrower's own controls (opt-outs, a hardship hold) applied to its policy context."""
         plan = self.plans.get(req.type)
         if plan is None:  # the engine checks first; this guards direct callers
             raise KeyError(req.type)
@@ -157,8 +160,13 @@ class Machine:
                 timezone=tz_name,
                 country=country,
                 quiet_hours=[(q.from_, q.to) for q in profile.quiet_hours] if profile else [],
+                profile_at=profile.updated_at.timestamp()
+                if profile and profile.updated_at
+                else None,
             ),
         )
+        if controls is not None:
+            state.policy = apply_controls(state.policy, controls)
         fx = Effects()
         if state.expires_at is not None:
             if state.expires_at <= now:
@@ -344,6 +352,7 @@ class Machine:
             opted_out=p.opted_out_channels,
             revoked=p.revoked_channels,
             ledger=ledger,
+            hold_until=p.hold_until,
         )
 
     def _tz(self, state: NotificationState) -> ZoneInfo:
@@ -650,8 +659,10 @@ class Machine:
         provider_message_id: str | None = None,
     ) -> CommsRecord:
         key = f"{state.id}:{state.leg}:{state.attempt}:{suffix}"
+        # a message about an inquiry (a reply, a survey) is linked to it in the timeline
+        inquiry = state.data.get("inquiry_id")
         return CommsRecord(
-            inquiry_id=None,
+            inquiry_id=inquiry if isinstance(inquiry, str) else None,
             record_id=str(uuid.uuid5(RECORD_NS, key)),
             notification_id=state.id,
             customer_id=state.customer_id,
@@ -675,6 +686,8 @@ class Machine:
     ) -> list[Leg]:
         plan = self.plans.plans[type_]
         o = override or Contacts()
+        if plan.request_contacts_only:
+            profile = None
         phone = o.phone or (profile.phone if profile else None)
         email = o.email or (profile.email if profile else None)
         tokens = (
@@ -711,6 +724,8 @@ class Machine:
                 legs.append(replace(base, address=email))
             else:
                 legs += [replace(base, address=t) for t in tokens] or [base]
+        if plan.request_contacts_only:
+            legs = [leg for leg in legs if leg.address is not None]
         return legs
 
 

@@ -55,6 +55,8 @@ class CommsRecord(msgspec.Struct, kw_only=True):
     provider: str | None = None
     provider_message_id: str | None = None
     at: datetime
+    intent: str | None = None
+    tier: Literal["urgent", "high", "normal"] | None = None
 
 
 class Attempt(msgspec.Struct, kw_only=True):

@@ -78,6 +78,9 @@ class Step(_Frozen):
 class Plan(_Frozen):
     category: Category
     steps: list[Step] = Field(min_length=1)
+    # Only the addresses the request's `contacts` give, no profile's; a step without one is
+    # left out rather than suppressed (replies to an inquiry go to its sender, on its channel).
+    request_contacts_only: bool = False
 
 
 def _default_timeouts() -> dict[Channel, float]:

@@ -57,6 +57,10 @@ class PolicyContext(msgspec.Struct, kw_only=True, frozen=True):
     timezone: str | None = None  # resolved: profile, else phone region, else the default
     country: str = "CN"  # for public holidays
     quiet_hours: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    # the borrower's own controls (services/router/controls.py), applied before each decision:
+    profile_at: float | None = None  # the profile's updated_at (epoch s), for precedence
+    profile_opted_out: list[Channel] | None = None  # the profile's list, once controls applied
+    hold_until: float | None = None  # a hardship hold on collection (epoch s)
 
 
 class NotificationState(msgspec.Struct, kw_only=True):

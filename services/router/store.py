@@ -10,6 +10,15 @@ Keys (prefix `tongda:` by default):
   outpos:{topic}:{part}    hash out-topic:partition → offset to scan from on recovery
   led:{customer_id}        zset: the frequency ledger (services/router/ledger.py)
   ledv:{customer_id}       the ledger's version, bumped by every write
+  ctl:{customer_id}        hash: the borrower's own preferences (`pref:<channel>` →
+                           `<state>|<epoch s>`) and a hardship hold (`hold` →
+                           `<until epoch s>|<inquiry id>`) (services/router/controls.py)
+  sx:{address hash}        the customer whose profile lists that phone/email (sender index)
+  sxs:{customer_id}        set of the address hashes indexed for the customer
+  inq:{inquiry_id}         hash: an inquiry's classification, reply, escalation, resolution
+  ciq:{customer_id}        set of the customer's inquiry ids (for erasure)
+  svy:{address hash}       the inquiry whose satisfaction survey that sender may answer
+  inqtimers                zset: inquiry id → respond_by epoch seconds (SLA timers)
 
 Key names are built here only: the Lua scripts receive every name they touch.
 """
@@ -64,6 +73,28 @@ class Keys:
 
     def ledger_version(self, customer_id: str) -> str:
         return f"{self.prefix}ledv:{customer_id}"
+
+    def controls(self, customer_id: str) -> str:
+        return f"{self.prefix}ctl:{customer_id}"
+
+    def sender(self, address_hash: str) -> str:
+        return f"{self.prefix}sx:{address_hash}"
+
+    def customer_senders(self, customer_id: str) -> str:
+        return f"{self.prefix}sxs:{customer_id}"
+
+    def inquiry(self, inquiry_id: str) -> str:
+        return f"{self.prefix}inq:{inquiry_id}"
+
+    def customer_inquiries(self, customer_id: str) -> str:
+        return f"{self.prefix}ciq:{customer_id}"
+
+    def survey(self, address_hash: str) -> str:
+        return f"{self.prefix}svy:{address_hash}"
+
+    @property
+    def inquiry_timers(self) -> str:
+        return f"{self.prefix}inqtimers"
 
 
 @dataclass
@@ -206,22 +237,25 @@ class Store:
             k.customer_notifications(customer_id),
             k.ledger(customer_id),
             k.ledger_version(customer_id),
+            k.controls(customer_id),
         ]
         return self._packed("erase", keys, [k.state("")])
 
     async def claim_due(
-        self, now: float, lease_until: float, limit: int
+        self, now: float, lease_until: float, limit: int, timers: str | None = None
     ) -> list[tuple[str, float]]:
+        """Claim due members of a timers zset (the notifications' unless `timers` names
+        another, e.g. the inquiries' SLA timers) with a lease until `lease_until`."""
+        key = timers or self.keys.timers
         flat = await self._call(
-            self.redis, "claim", [self.keys.timers], [f"{now:.3f}", f"{lease_until:.3f}", limit]
+            self.redis, "claim", [key], [f"{now:.3f}", f"{lease_until:.3f}", limit]
         )
         return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    async def release(self, lease_until: float, members: Sequence[str]) -> int:
+    async def release(
+        self, lease_until: float, members: Sequence[str], timers: str | None = None
+    ) -> int:
         if not members:
             return 0
-        return int(
-            await self._call(
-                self.redis, "release", [self.keys.timers], [f"{lease_until:.3f}", *members]
-            )
-        )
+        key = timers or self.keys.timers
+        return int(await self._call(self.redis, "release", [key], [f"{lease_until:.3f}", *members]))

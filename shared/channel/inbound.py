@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
 
 from shared.addresses import address_hash, normalize_address
 from shared.config import ChannelSettings
@@ -31,17 +32,14 @@ log = logging.getLogger(__name__)
 INQUIRY_NS = uuid.UUID("0c3c1a8e-6f7e-4d6b-9a53-0f4b8d1e2c77")
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class Inbound:
     """One message a borrower sent us on this service's channel."""
 
     from_: str  # the sender's address as the provider gave it (phone or email)
     text: str  # "" for a missed inbound call
-    received_at: datetime = field(default_factory=_utcnow)
+    # when the provider does not say: now on the service's clock (simulated in a demo)
+    received_at: datetime | None = None
     provider_message_id: str | None = None  # the provider's id, for deduplication
     in_reply_to: str | None = None  # a notification id, when the provider can tell
 
@@ -53,11 +51,19 @@ class InboundPublisher:
     """Publishes inbound messages as `inquiry.received/v1`, keyed by a keyed hash of the
     sender (the channel service does not know the customer: the router resolves it)."""
 
-    def __init__(self, settings: ChannelSettings, producer: AIOKafkaProducer, provider: str):
+    def __init__(
+        self,
+        settings: ChannelSettings,
+        producer: AIOKafkaProducer,
+        provider: str,
+        redis: Redis | None = None,  # a simulated clock's origin is read from it
+    ):
         self.settings = settings
         self.producer = producer
         self.provider = provider
+        self.redis = redis
         self._key = settings.address_hash_key.get_secret_value().encode()
+        self.clock = settings.clock()
 
     def inquiry_id(self, inbound: Inbound) -> str:
         """Stable for a provider message id; random otherwise."""
@@ -70,6 +76,8 @@ class InboundPublisher:
         """Publish one inbound message and wait until the broker has it; return its id."""
         channel = self.settings.channel
         sender = normalize_address(inbound.from_)
+        if inbound.received_at is None and self.redis is not None:
+            await self.clock.sync(self.redis, self.settings.key_prefix)
         record = InquiryReceived.model_validate(
             {
                 "schema": "inquiry.received/v1",
@@ -78,7 +86,7 @@ class InboundPublisher:
                 "channel": channel,
                 "from": sender,
                 "text": inbound.text,
-                "received_at": inbound.received_at,
+                "received_at": inbound.received_at or self.clock.now(),
                 "in_reply_to": inbound.in_reply_to,
             }
         )

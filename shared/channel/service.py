@@ -62,7 +62,7 @@ class ChannelService:
         await self.producer.start()
         publisher = OutcomePublisher(s, self.producer, self.provider.name)
         self.receipts = ReceiptBook(s, self.redis, publisher)
-        self.inbound = InboundPublisher(s, self.producer, self.provider.name)
+        self.inbound = InboundPublisher(s, self.producer, self.provider.name, self.redis)
         await self.provider.start(
             ProviderContext(s, self.redis, self.receipts.resolve, self.inbound.publish)
         )

@@ -29,6 +29,7 @@ Outcome = Literal[
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 FinalStatus = Literal["delivered", "failed", "expired", "suppressed"]
 Priority = Literal["low", "normal", "high", "urgent"]
+Tier = Literal["urgent", "high", "normal"]
 Category = Literal["transactional", "reminder", "collection", "verification", "marketing"]
 Relation = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
@@ -174,6 +175,8 @@ class CommsRecord(_Model):
     provider: str | None = None
     provider_message_id: str | None = None
     at: datetime
+    intent: str | None = None  # inquiries only
+    tier: Tier | None = None  # inquiries only (None for opt-out, opt-in and feedback)
 
 
 class InquiryReceived(_Model):
@@ -191,12 +194,45 @@ class InquiryEscalated(_Model):
     schema_: Literal["inquiry.escalated/v1"] = Field(default="inquiry.escalated/v1", alias="schema")
     inquiry_id: str
     customer_id: str | None
-    tier: Literal["urgent", "high", "normal"]
+    tier: Tier
     intent: str
     text: str
     respond_by: datetime
     channel: Channel
     from_: str = Field(alias="from")
+    level: Literal[1, 2] = 1  # 2: respond_by passed without inquiry.resolved/v1
+
+
+class InquiryResolved(_Model):
+    schema_: Literal["inquiry.resolved/v1"] = Field(alias="schema")
+    inquiry_id: Id
+    customer_id: Id | None = None
+    resolved_at: AwareDatetime
+    resolution: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    agent: Id | None = None  # an agent id, not a name
+
+
+class InquiryFeedback(_Model):
+    schema_: Literal["inquiry.feedback/v1"] = Field(default="inquiry.feedback/v1", alias="schema")
+    inquiry_id: str
+    customer_id: str | None
+    score: Annotated[int, Field(ge=1, le=5)]
+    channel: Channel
+    received_at: datetime
+
+
+PreferenceState = Literal["opted_out", "opted_in"]
+
+
+class CustomerPreference(_Model):
+    schema_: Literal["customer.preference/v1"] = Field(
+        default="customer.preference/v1", alias="schema"
+    )
+    customer_id: str
+    channel: Channel
+    state: PreferenceState
+    source: Literal["inbound_keyword", "api"]
+    at: datetime
 
 
 # --- tongda's internal messages (not part of the outside contract) ---------------------------
@@ -260,6 +296,9 @@ CONTRACT_MODELS: dict[str, type[_Model]] = {
     "comms.record/v1": CommsRecord,
     "inquiry.received/v1": InquiryReceived,
     "inquiry.escalated/v1": InquiryEscalated,
+    "inquiry.resolved/v1": InquiryResolved,
+    "inquiry.feedback/v1": InquiryFeedback,
+    "customer.preference/v1": CustomerPreference,
 }
 INTERNAL_MODELS: dict[str, type[_Model]] = {
     "tongda.dispatch/v1": Dispatch,

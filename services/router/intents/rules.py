@@ -25,11 +25,11 @@ from pydantic import (
 
 from services.router.intents.normalize import whole
 from shared.contract.codec import describe_validation_error
+from shared.contract.models import Tier as Tier
 from shared.errors import ConfigError
 
 SHIPPED_RULES = Path(__file__).with_name("rules") / "intents.yaml"
 
-Tier = Literal["urgent", "high", "normal"]
 TIERS: tuple[Tier, ...] = ("urgent", "high", "normal")  # precedence, highest first
 
 # The contract's intents and tiers: a rules file must define each of these in this tier.

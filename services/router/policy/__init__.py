@@ -6,7 +6,8 @@ Order: gates that time does not change (no address, opt-out/consent, third party
 windows (contact window, quiet hours, business hours), then the frequency caps — so a capped
 call outside its window waits for the window and is judged against the ledger of that moment.
 
-One module per rule (window, quiet_hours, business_hours, third_party, frequency, optout),
+One module per rule (window, quiet_hours, business_hours, hardship, third_party, frequency,
+optout),
 each a small class with a typed config; a new rule is its module, its config field in
 `PolicyConfig` and its test.
 """
@@ -22,6 +23,7 @@ from services.router.policy.base import ALLOW, Contact, Gate, Verdict, Window
 from services.router.policy.business_hours import BusinessHours
 from services.router.policy.config import PolicyConfig, load_policy_config, preset_path
 from services.router.policy.frequency import FrequencyCaps
+from services.router.policy.hardship import HardshipHold
 from services.router.policy.optout import NoAddress, OptOut
 from services.router.policy.quiet_hours import QuietHours
 from services.router.policy.third_party import ThirdParty
@@ -49,6 +51,7 @@ class ContactPolicy:
             ContactWindow(c.windows),
             QuietHours(c.quiet_hours),
             BusinessHours(c.business_hours),
+            HardshipHold(c.hardship_hold),
         ]
         self.caps = FrequencyCaps(c.frequency)
 

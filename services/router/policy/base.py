@@ -62,6 +62,7 @@ class Contact:
     opted_out: Collection[Channel]
     revoked: Collection[Channel]
     ledger: LedgerView | None
+    hold_until: float | None = None  # a hardship hold (epoch s) while an agent is due
 
     @property
     def debt(self) -> str:

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from services.router.policy.base import RuleConfig
 from services.router.policy.business_hours import BusinessHoursConfig
 from services.router.policy.frequency import FrequencyConfig
+from services.router.policy.hardship import HardshipHoldConfig
 from services.router.policy.optout import OptOutConfig
 from services.router.policy.quiet_hours import QuietHoursConfig
 from services.router.policy.third_party import ThirdPartyConfig
@@ -35,6 +36,7 @@ class PolicyConfig(RuleConfig):
     quiet_hours: QuietHoursConfig = Field(default_factory=QuietHoursConfig)
     business_hours: BusinessHoursConfig = Field(default_factory=BusinessHoursConfig)
     frequency: FrequencyConfig = Field(default_factory=FrequencyConfig)
+    hardship_hold: HardshipHoldConfig = Field(default_factory=HardshipHoldConfig)
 
     @field_validator("default_timezone")
     @classmethod
