@@ -16,7 +16,7 @@ from services.router.push_filter import without_dead_tokens
 from shared.channel.provider import ProviderContext
 from shared.config import ChannelSettings
 from shared.contract.codec import decode
-from shared.contract.models import CustomerProfile, Dispatch
+from shared.contract.models import CustomerProfile, Dispatch, NotificationRequested
 from shared.push_tokens import DeadMark, dead_token_key, mark_token_dead, reject_dead
 from tests.router_support import Harness, Reader, engine_harness, value
 from tests.test_router_engine import answer, event
@@ -151,8 +151,9 @@ async def test_one_redis_read_per_batch_and_old_marks_without_a_time(
             return await run(commands)
 
         h.store.run = counting  # type: ignore[method-assign]
+        plans = h.engine.machine.plans
         out, profiles = await without_dead_tokens(
-            h.store, h.settings, reqs, {CID: p}  # type: ignore[arg-type]
+            h.store, h.settings, plans, reqs, {CID: p}  # type: ignore[arg-type]
         )
         assert calls == [1]  # one round trip with one MGET for the whole batch
         assert profiles[CID] is not None and profiles[CID].push_tokens == [TOK_B]
@@ -164,14 +165,17 @@ async def test_one_redis_read_per_batch_and_old_marks_without_a_time(
         ]
         calls.clear()
         out, _ = await without_dead_tokens(
-            h.store, h.settings, [(None, None, _request("b9"))], {CID: None}  # type: ignore[list-item]
+            h.store, h.settings, plans, [(None, None, _request("b9"))], {CID: None}  # type: ignore[list-item]
         )
         assert calls == []  # no token anywhere: no Redis at all
+        voice_only = NotificationRequested.model_validate(event("b10", "overdue_notice", cid=CID))
+        await without_dead_tokens(
+            h.store, h.settings, plans, [(None, None, voice_only)], {CID: p}  # type: ignore[list-item]
+        )
+        assert calls == []  # tokens, but no push step in the plan: no Redis either
 
 
 def _request(nid: str, **kw: Any) -> Any:
-    from shared.contract.models import NotificationRequested
-
     return NotificationRequested.model_validate(event(nid, "loan_approved", cid=CID, **kw))
 
 

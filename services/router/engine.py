@@ -201,7 +201,7 @@ class RouterEngine:
         }
         # push tokens found dead are left out until the profile changes (push_filter.py)
         todo, profiles = await without_dead_tokens(
-            self.store, self.settings, intake.requests, profiles
+            self.store, self.settings, self.machine.plans, intake.requests, profiles
         )
         applied: list[Pending] = []
         for _ in range(MAX_CONFLICT_ROUNDS):

@@ -1,7 +1,8 @@
 """The push tokens a new notification may use: those not found dead (shared/push_tokens.py).
 
 `without_dead_tokens()` runs once per batch of requests, before their legs are built: one
-MGET of the dead-token keys of every push token the batch's profiles and `contacts` list,
+MGET of the dead-token keys of the push tokens that the batch's requests with a push step in
+their plan find in their profile or their `contacts` (none: no Redis call at all),
 then each request sees its customer's profile (and its own `contacts`) without the tokens
 still dead. A mark older than the profile's `updated_at` no longer holds: the profile
 changed, the token is usable again, and its mark is deleted (one DEL for the batch) so the
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from aiokafka.structs import TopicPartition
 
+from services.router.plans import PlanBook
 from services.router.store import Store
 from shared.config import CommonSettings
 from shared.contract.models import CustomerProfile, NotificationRequested
@@ -24,7 +26,12 @@ from shared.resp import pack as pack_command
 Item = tuple[TopicPartition, Record, NotificationRequested]
 
 
-def _tokens(req: NotificationRequested, profile: CustomerProfile | None) -> list[str]:
+def _tokens(
+    plans: PlanBook, req: NotificationRequested, profile: CustomerProfile | None
+) -> list[str]:
+    plan = plans.get(req.type)
+    if plan is None or not any(step.channel == "push" for step in plan.steps):
+        return []
     if req.contacts is not None and req.contacts.push_tokens is not None:
         return list(req.contacts.push_tokens)
     return list(profile.push_tokens) if profile is not None else []
@@ -33,6 +40,7 @@ def _tokens(req: NotificationRequested, profile: CustomerProfile | None) -> list
 async def without_dead_tokens(
     store: Store,
     settings: CommonSettings,
+    plans: PlanBook,
     requests: Sequence[Item],
     profiles: dict[str, CustomerProfile | None],
 ) -> tuple[list[Item], dict[str, CustomerProfile | None]]:
@@ -40,7 +48,7 @@ async def without_dead_tokens(
     wanted = {
         (req.customer_id, token)
         for _, _, req in requests
-        for token in _tokens(req, profiles.get(req.customer_id))
+        for token in _tokens(plans, req, profiles.get(req.customer_id))
     }
     if not wanted:
         return list(requests), profiles
