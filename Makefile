@@ -1,6 +1,7 @@
 # tongda: developer and CI entry points. GNU make; works on a fresh Debian machine as root.
 # `make help` lists the targets. Extra arguments: PYTEST_ARGS='-k x', DEMO_ARGS='-v',
-# UP_ARGS='--time-scale 0.1'; PYTHON=python3.11 picks the interpreter for .venv.
+# UP_ARGS='--time-scale 0.1'; PROVIDERS=local runs the demo through the real providers
+# against local peers (SMPP, SMTP, FCM, SIPp); PYTHON=python3.11 picks the interpreter.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -13,6 +14,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+PROVIDERS ?=
 UP_ARGS ?=
 
 export PYTHONDONTWRITEBYTECODE := 1
@@ -49,8 +51,8 @@ $(STAMP): pyproject.toml constraints.txt | deps
 	$(PY) -m pip install --quiet -e '.[dev]' -c constraints.txt
 	@touch $@
 
-demo: $(STAMP) ## run the scripted demo on its own stack (free ports), print the summary, stop it
-	$(PY) -m tools.demo $(DEMO_ARGS)
+demo: $(STAMP) ## run the scripted demo on its own stack (free ports); PROVIDERS=local: real providers, local peers
+	$(PY) -m tools.demo $(if $(PROVIDERS),--providers $(PROVIDERS)) $(DEMO_ARGS)
 
 up: $(STAMP) ## start broker, Redis, router and channels in the background (.run/env, .run/pids)
 	$(PY) -m tools.devstack up $(UP_ARGS)

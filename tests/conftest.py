@@ -155,7 +155,8 @@ async def stack_factory(
     finally:
         if _failed(request):
             for stack in stacks:
-                for proc in (*stack.services.values(), stack.broker, stack.redis):
+                peers = stack.peers.processes if stack.peers is not None else []
+                for proc in (*stack.services.values(), stack.broker, stack.redis, *peers):
                     print(f"\n--- {proc.name}: {proc.log_path}\n{proc.tail(40)}", file=sys.stderr)
         for stack in reversed(stacks):
             await stack.stop()

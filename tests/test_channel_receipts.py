@@ -32,6 +32,7 @@ class Recorder:
         provider_message_id: str | None,
         detail: str | None,
         at: datetime | None = None,
+        provider: str | None = None,
     ) -> None:
         self.published.append((ref, outcome))
 

@@ -51,6 +51,7 @@ from shared.contract.codec import dumps
 from shared.errors import ConfigError
 from shared.templates import Message
 from tools.devstack import free_port
+from tools.peers.smtp import dsn
 
 pytest_plugins = ["channel_support"]
 
@@ -485,56 +486,6 @@ async def test_connection_retired_after_max_messages(started: Started) -> None:
 
 
 # --- bounces and replies ----------------------------------------------------------------
-
-
-def dsn(
-    to: str,
-    *,
-    action: str = "failed",
-    status: str = "5.1.1",
-    returned_id: str | None = None,
-    envid: str | None = None,
-) -> bytes:
-    """A delivery status notification as Postfix writes one (RFC 3464)."""
-    envelope_id = f"Original-Envelope-Id: {envid}\n" if envid else ""
-    returned = f"Message-ID: {returned_id}\n" if returned_id else ""
-    text = f"""From: MAILER-DAEMON@relay.example
-To: {to}
-Subject: Undelivered Mail Returned to Sender
-Auto-Submitted: auto-replied
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="B0UND"
-
---B0UND
-Content-Type: text/plain
-
-This is the mail system at host relay.example. I'm sorry to have to inform you
-that your message could not be delivered to one or more recipients.
-
---B0UND
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; relay.example
-{envelope_id}Arrival-Date: Mon, 23 Nov 2026 19:00:00 +0000
-
-Final-Recipient: rfc822; nobody@example.com
-Original-Recipient: rfc822;nobody@example.com
-Action: {action}
-Status: {status}
-Remote-MTA: dns; mx.example.com
-Diagnostic-Code: smtp; 550 {status} <nobody@example.com>: Recipient address
-    rejected: User unknown in virtual mailbox table
-
---B0UND
-Content-Type: text/rfc822-headers
-
-From: Tongda Bank <noreply@bank.example>
-To: nobody@example.com
-Subject: Repayment due
-{returned}
---B0UND--
-"""
-    return text.replace("\n", "\r\n").encode()
 
 
 def reply(in_reply_to: str, body: str, *, sender: str = "zhang.wei@example.com") -> bytes:

@@ -193,10 +193,10 @@ async def test_failed_fails_over_but_rejected_does_not(redis: Redis) -> None:
     failover = FailoverProvider([primary, secondary], SETTINGS, Clock())
     await failover.start(context(redis, Sink()))
     result = await failover.send(dispatch("sms", "+8613800130003"), MESSAGE)
-    assert result == Completed("rejected", "beta:B-2", "beta: invalid number")
+    assert result == Completed("rejected", "beta:B-2", "beta: invalid number", provider="beta")
     primary.answer = Completed("rejected", None, "invalid number")
     result = await failover.send(dispatch("sms", "+8613800130003"), MESSAGE)
-    assert result == Completed("rejected", None, "alpha: invalid number")
+    assert result == Completed("rejected", None, "alpha: invalid number", provider="alpha")
     assert secondary.calls == 1
 
 
@@ -218,6 +218,7 @@ async def test_all_failing_is_failed_with_every_reason(redis: Redis) -> None:
     await failover.start(context(redis, Sink()))
     result = await failover.send(dispatch("sms", "+8613800138001"), MESSAGE)
     assert isinstance(result, Completed) and result.outcome == "failed"
+    assert result.provider is None  # no provider took it: reported under the chain's name
     assert "alpha: TimeoutError" in (result.detail or "") and "beta: 5xx" in (result.detail or "")
     for _ in range(2):
         await failover.send(dispatch("sms", "+8613800138001"), MESSAGE)
@@ -236,7 +237,9 @@ async def test_receipts_and_inbound_of_each_provider_are_prefixed(redis: Redis) 
         Inbound(from_="+8613800138000", text="hi", provider_message_id="SM9")
     )
     await primary.ctx.on_inbound(Inbound(from_="+8613800138000", text="hi"))
-    assert [(r.provider_message_id, r.outcome) for r in sink.receipts] == [("beta:B", "delivered")]
+    assert [(r.provider_message_id, r.outcome, r.provider) for r in sink.receipts] == [
+        ("beta:B", "delivered", "beta")
+    ]
     assert [i.provider_message_id for i in sink.inbound] == ["beta:SM9", None]
 
 
@@ -349,6 +352,9 @@ async def test_a_failed_start_closes_the_providers_already_started(redis: Redis)
 async def test_in_the_sms_service_outcomes_name_the_provider_that_took_the_send(
     make_settings: Callable[..., ChannelSettings],
 ) -> None:
+    """Receipts (SMPP's DLR, the sandbox's) and synchronous answers (the sandbox refusing an
+    invalid number) name the provider of the chain that took the send; a send that every
+    provider failed is reported under the chain's name."""
     s = make_settings("sms", provider="smpp,sandbox")
     await create_topics(s)
     smsc = TestSmsc(password="pw")
@@ -360,21 +366,44 @@ async def test_in_the_sms_service_outcomes_name_the_provider_that_took_the_send(
     data = {"loan_id": "L-1", "amount_due": "1200.00", "currency": "CNY", "due_date": "2026-11-25"}
     first = dispatch("sms", "+8613800130001", data=data)
     second = dispatch("sms", "+8613800130001", data=data, customer_id=first.customer_id)
+    third = dispatch("sms", "+8613800130003", data=data, customer_id=first.customer_id)
     try:
         async with serving(create_app(s, chain), s.http_port):
             await smpp.wait_bound(5.0)
             await produce(s, s.topics.dispatch("sms"), [(first.customer_id.encode(), dumps(first))])
             await collect(s, s.topics.router_inbox, 1)
-            await smsc.stop()  # the SMSC goes away: the sandbox takes the next send
+            await smsc.stop()  # the SMSC goes away: the sandbox takes the next sends
             await produce(
-                s, s.topics.dispatch("sms"), [(second.customer_id.encode(), dumps(second))]
+                s,
+                s.topics.dispatch("sms"),
+                [(d.customer_id.encode(), dumps(d)) for d in (second, third)],
             )
-            records = await collect(s, s.topics.router_inbox, 2)
+            records = await collect(s, s.topics.router_inbox, 3)
     finally:
         await smsc.stop()
     outcomes = {o.notification_id: o for o in (decode(r.value, AttemptOutcome) for r in records)}
-    assert {o.provider for o in outcomes.values()} == {"smpp+sandbox-sms"}
     assert outcomes[first.notification_id].outcome == "delivered"
+    assert outcomes[first.notification_id].provider == "smpp"
     assert (outcomes[first.notification_id].provider_message_id or "").startswith("smpp:")
     assert outcomes[second.notification_id].outcome == "delivered"
+    assert outcomes[second.notification_id].provider == "sandbox-sms"
     assert (outcomes[second.notification_id].provider_message_id or "").startswith("sandbox-sms:")
+    assert outcomes[third.notification_id].outcome == "rejected"  # at once, not a receipt
+    assert outcomes[third.notification_id].provider == "sandbox-sms"
+
+
+async def test_in_the_sms_service_a_send_no_provider_took_names_the_chain(
+    make_settings: Callable[..., ChannelSettings],
+) -> None:
+    s = make_settings("sms", provider="broken,down")
+    await create_topics(s)
+    broken = Scripted("broken", Completed("failed", None, "carrier down"))
+    chain = FailoverProvider([broken, Scripted("down", ConnectionError)], SETTINGS, Clock())
+    data = {"loan_id": "L-1", "amount_due": "1200.00", "currency": "CNY", "due_date": "2026-11-25"}
+    attempt = dispatch("sms", "+8613800130001", data=data)
+    async with serving(create_app(s, chain), s.http_port):
+        await produce(s, s.topics.dispatch("sms"), [(attempt.customer_id.encode(), dumps(attempt))])
+        [record] = await collect(s, s.topics.router_inbox, 1)
+    outcome = decode(record.value, AttemptOutcome)
+    assert (outcome.outcome, outcome.provider) == ("failed", "broken+down")
+    assert "broken: carrier down" in (outcome.detail or "")

@@ -17,7 +17,6 @@ import pytest
 from aiohttp import web
 from channel_support import collect, create_topics, produce, serving
 from channel_support import dispatch as make_dispatch
-from fake_fcm import FakeFcm, service_account
 from redis.asyncio import Redis
 
 from services.push.fcm import FcmPush, FcmSettings
@@ -32,6 +31,7 @@ from shared.errors import ConfigError
 from shared.push_tokens import dead_token_key, is_token_dead
 from shared.templates import Message
 from tools.devstack import free_port
+from tools.peers.fcm import FakeFcm, service_account
 
 pytest_plugins = ["channel_support"]
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import array
 import asyncio
 import logging
-import math
 import shutil
 import socket
-import struct
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +40,7 @@ from shared.contract.codec import decode, dumps
 from shared.contract.models import AttemptOutcome
 from shared.errors import ConfigError
 from shared.templates import Message
+from tools.peers.sip import dtmf_packets, tone_packets, write_pcap
 
 pytest_plugins = ["channel_support"]
 
@@ -79,48 +78,6 @@ def udp_port(even: bool = False) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free UDP port")
-
-
-def write_pcap(path: Path, packets: list[tuple[float, bytes]]) -> None:
-    """RTP packets (time offset, bytes) → a pcap (Ethernet/IPv4/UDP) for play_pcap_audio."""
-    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    for at, rtp in packets:
-        udp = struct.pack("!HHHH", 4000, 4002, 8 + len(rtp), 0) + rtp
-        ip = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, b"\x7f\0\0\1", b"\x7f\0\0\1"
-        )
-        frame = b"\0" * 12 + b"\x08\x00" + ip + udp
-        seconds, micros = int(at), round((at % 1) * 1e6)
-        out.append(struct.pack("<IIII", seconds, micros, len(frame), len(frame)) + frame)
-    path.write_bytes(b"".join(out))
-
-
-def rtp_header(pt: int, seq: int, ts: int, marker: bool = False) -> bytes:
-    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq, ts, 0x5EED)
-
-
-def dtmf_packets(digit: str, pt: int = 101) -> list[tuple[float, bytes]]:
-    """One RFC 4733 event: 4 packets of growing duration, then the end packet three times."""
-    event = "0123456789*#".index(digit)
-    packets = []
-    for i in range(1, 8):
-        end = i >= 5
-        payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, 160 * min(i, 5))
-        packets.append((i * 0.02, rtp_header(pt, i, 8000, marker=i == 1) + payload))
-    return packets
-
-
-def tone_packets(seconds: float, law: g711.Law = "PCMU") -> list[tuple[float, bytes]]:
-    """A loud 440 Hz tone in 20 ms RTP frames (an answering machine's greeting)."""
-    packets = []
-    for i in range(round(seconds / 0.02)):
-        samples = array.array(
-            "h",
-            (int(12000 * math.sin(2 * math.pi * 440 * (i * 160 + n) / 8000)) for n in range(160)),
-        )
-        payload = g711.encode(samples.tobytes(), law)
-        packets.append((i * 0.02, rtp_header(0, i + 1, i * 160, marker=i == 0) + payload))
-    return packets
 
 
 def sipp_errors(workdir: Path) -> str:

@@ -6,6 +6,10 @@ notification.requested/v1 events (and a few invalid ones) to `notifications.requ
 reads `notifications.status` and `notifications.deadletter` until every notification has
 its final status, prints a summary and stops everything, also on Ctrl-C or failure.
 
+`--providers local` (`make demo PROVIDERS=local`) runs the channels' real providers
+(SMPP, SMTP, FCM HTTP v1, SIP) against local peers started with the stack instead of the
+sandbox (tools/devstack/peers.py); the scenarios and the expected outcomes are the same.
+
 `--bootstrap HOST:PORT` runs the same script against a stack that is already up (e.g.
 `make up`; ids are unique per run). Exit status: 0 when every notification reached its
 expected final status exactly once and every invalid event was dead-lettered, else 1.
@@ -49,6 +53,7 @@ from tools.scenarios import (
 Print = Callable[[str], None]
 
 DEFAULT_DEADLINE_S = 90.0
+LOCAL_DEADLINE_S = 180.0  # real calls and real bounces take real seconds
 # The demo's clock: 22:30 in Shanghai when the stack is ready, 2,000 times faster than real
 # time (the night passes in 17 s, a 15-minute call-back in 0.45 s).
 DEFAULT_TIME_SCALE = 0.0005
@@ -360,14 +365,18 @@ def channel_stats(results: Sequence[NotificationResult]) -> dict[str, Counter[st
     return stats
 
 
-def demo_stack_options(time_scale: float = DEFAULT_TIME_SCALE) -> dict[str, Any]:
+def demo_stack_options(
+    time_scale: float = DEFAULT_TIME_SCALE, providers: str = "sandbox"
+) -> dict[str, Any]:
     """How the demo's stack runs: the cn contact rules on a simulated clock that starts at
-    22:30 in Shanghai (tools.scenarios.DEMO_START) when the stack is ready."""
+    22:30 in Shanghai (tools.scenarios.DEMO_START) when the stack is ready; the sandbox
+    providers, or the real ones against local peers (`providers="local"`)."""
     return {
         "time_scale": time_scale,
         "clock_start": DEMO_START,
         "policy_preset": "cn",
         "sandbox_time_scale": None,  # the sandbox follows the clock
+        "providers": providers,
     }
 
 
@@ -448,6 +457,7 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
 
 async def _main(args: argparse.Namespace) -> int:
     if args.bootstrap:
+        args.deadline = args.deadline or DEFAULT_DEADLINE_S
         clock = CommonSettings().clock()  # TONGDA_TIME_SCALE / _CLOCK_* from `make up`'s env
         rules = clock.start == DEMO_START
         if not rules:
@@ -468,9 +478,12 @@ async def _main(args: argparse.Namespace) -> int:
         log_dir=args.run_dir / "demo-logs",
         data_dir=args.run_dir / "demo-data",
         ready_timeout_s=args.ready_timeout,
-        **demo_stack_options(args.time_scale),
+        **demo_stack_options(args.time_scale, args.providers),
     )
-    _say(f"starting the stack (logs in {stack.log_dir}/) …")
+    deadline = args.deadline or (LOCAL_DEADLINE_S if args.providers == "local" else None)
+    args.deadline = deadline or DEFAULT_DEADLINE_S
+    where = "the sandbox" if args.providers == "sandbox" else "real providers and local peers"
+    _say(f"starting the stack with {where} (logs in {stack.log_dir}/) …")
     async with stack:
         _say(
             f"stack ready in {time.monotonic() - t0:.1f} s; router at {stack.router_url}; "
@@ -502,8 +515,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--deadline",
         type=float,
-        default=DEFAULT_DEADLINE_S,
-        help="seconds to wait for every final status (default %(default)s)",
+        default=None,
+        help=f"seconds to wait for every final status (default {DEFAULT_DEADLINE_S:g}, "
+        f"{LOCAL_DEADLINE_S:g} with --providers local)",
+    )
+    parser.add_argument(
+        "--providers",
+        choices=("sandbox", "local"),
+        default="sandbox",
+        help="the channels' sandbox providers (default), or their real providers against "
+        "local peers: SMPP test SMSC, SMTP relay, FCM server, SIPp",
     )
     parser.add_argument("--ready-timeout", type=float, default=90.0)
     parser.add_argument(

@@ -36,6 +36,7 @@ from services.router.machine import Effects, Machine
 from services.router.observe import observe
 from services.router.outbox import Outbox, OutRecord
 from services.router.packing import Pending, merge, pack, writes_ledger
+from services.router.push_filter import without_dead_tokens
 from services.router.state import NotificationState, decode_state
 from services.router.store import Store
 from shared.clock import Clock
@@ -211,7 +212,10 @@ class RouterEngine:
             c: CustomerProfile.model_validate_json(v) if v else None
             for c, v in zip(cids, raw_profiles, strict=True)
         }
-        todo = intake.requests
+        # push tokens found dead are left out until the profile changes (push_filter.py)
+        todo, profiles = await without_dead_tokens(
+            self.store, self.settings, self.machine.plans, intake.requests, profiles
+        )
         applied: list[Pending] = []
         for _ in range(MAX_CONFLICT_ROUNDS):
             if not todo:

@@ -10,9 +10,13 @@ nothing about the provider's health.
 
 Every wrapped provider is started with the service's context, so its receipts, webhooks and
 inbound messages still reach the service. Message ids are prefixed with the provider's name
-(`smpp:4f2a…`, `twilio:SM…`): the outcome a send records names the provider that took it,
-and two providers' ids never collide in the receipt book. The wrapper's own name (reported
-as the outcome's `provider`) lists the chain, e.g. `smpp+twilio`.
+(`smpp:4f2a…`, `twilio:SM…`), so two providers' ids never collide in the receipt book, and
+the answers and receipts of a provider carry its name (`Completed.provider`,
+`Receipt.provider`): the outcome the service publishes names the provider that took the
+send (`smpp`, `twilio`), not the chain. Only a send no provider took (every one failed or
+had its circuit open) is reported under the wrapper's own name, which lists the chain
+(`smpp+twilio`); the wrapper's name is also the `provider` label of the service's send
+counter.
 """
 
 from __future__ import annotations
@@ -264,13 +268,17 @@ def _prefixed(name: str, result: SendResult) -> SendResult:
     if isinstance(result, Accepted):
         return Accepted(f"{name}:{result.provider_message_id}")
     pmid = f"{name}:{result.provider_message_id}" if result.provider_message_id else None
-    return Completed(result.outcome, pmid, f"{name}: {result.detail or result.outcome}")
+    return Completed(
+        result.outcome, pmid, f"{name}: {result.detail or result.outcome}", provider=name
+    )
 
 
 def _prefixed_receipts(name: str, ctx: ProviderContext) -> ReceiptSink:
     async def on_receipt(receipt: Receipt) -> bool:
         pmid = f"{name}:{receipt.provider_message_id}"
-        return await ctx.on_receipt(dataclasses.replace(receipt, provider_message_id=pmid))
+        return await ctx.on_receipt(
+            dataclasses.replace(receipt, provider_message_id=pmid, provider=name)
+        )
 
     return on_receipt
 

@@ -81,9 +81,12 @@ class OutcomePublisher:
         provider_message_id: str | None,
         detail: str | None,
         at: datetime | None = None,
+        provider: str | None = None,
     ) -> None:
-        """Publish and wait until the broker has it (acks=all)."""
+        """Publish and wait until the broker has it (acks=all). `provider`: the one that
+        took the send when the service's provider is a failover chain (default: its name)."""
         channel = self.settings.channel
+        provider = provider or self.provider
         record = AttemptOutcome(
             notification_id=ref.notification_id,
             customer_id=ref.customer_id,
@@ -91,7 +94,7 @@ class OutcomePublisher:
             leg=ref.leg,
             attempt=ref.attempt,
             outcome=outcome,
-            provider=self.provider,
+            provider=provider,
             provider_message_id=provider_message_id,
             detail=scrub(detail)[:1000] if detail else None,
             at=at or utcnow(),
@@ -102,7 +105,7 @@ class OutcomePublisher:
             value=dumps(record),
         )
         PROVIDER_OUTCOMES.labels(channel=channel, outcome=outcome).inc()
-        PROVIDER_SECONDS.labels(channel=channel, provider=self.provider).observe(
+        PROVIDER_SECONDS.labels(channel=channel, provider=provider).observe(
             max(0.0, time.time() - ref.handed_at)
         )
         log.info(

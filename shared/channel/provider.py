@@ -66,6 +66,9 @@ class Completed:
     outcome: ProviderOutcome
     provider_message_id: str | None = None
     detail: str | None = None
+    # The provider that answered, when the service's provider is a chain of several
+    # (shared/channel/failover.py); None: the service's provider itself.
+    provider: str | None = None
 
 
 SendResult = Accepted | Completed
@@ -79,6 +82,7 @@ class Receipt:
     outcome: ProviderOutcome
     detail: str | None = None
     at: datetime = field(default_factory=utcnow)
+    provider: str | None = None  # as in Completed: the chain's provider that took the send
 
 
 # Returns True when the receipt matched an attempt this service knows, False otherwise

@@ -97,7 +97,9 @@ class ReceiptBook:
                     return False
                 else:
                     ref = AttemptRef.from_json(raw)
-            await self.publisher.publish(ref, receipt.outcome, pmid, receipt.detail, receipt.at)
+            await self.publisher.publish(
+                ref, receipt.outcome, pmid, receipt.detail, receipt.at, receipt.provider
+            )
             if saved:
                 await self.redis.delete(self.key(pmid))
             return True

@@ -187,7 +187,11 @@ class ChannelWorker:
             await self.receipts.accepted(result.provider_message_id, ref)
         else:
             await self.publisher.publish(
-                ref, result.outcome, result.provider_message_id, result.detail
+                ref,
+                result.outcome,
+                result.provider_message_id,
+                result.detail,
+                provider=result.provider,
             )
 
     async def _send(self, dispatch: Dispatch) -> SendResult:

@@ -102,6 +102,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         clock_start=args.clock_start,
         sandbox_time_scale=args.sandbox_time_scale,
         policy_preset=args.policy,
+        providers=args.providers,
         log_format=args.log_format,
         plans_path=args.plans,
         detached=True,
@@ -201,6 +202,8 @@ def _check(name: str, rec: Mapping[str, Any]) -> tuple[bool, str]:
         return (True, "listening") if port_open(HOST, port) else (False, "not listening")
     if kind == "redis":
         return (True, "PONG") if redis_ping(HOST, port) else (False, "no PONG")
+    if kind == "peer":  # a local provider peer (tools/devstack/peers.py): alive is enough
+        return True, "running"
     if kind == "prometheus":
         try:
             status, _ = http_get(HOST, port, "/-/ready")
@@ -268,6 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         dest="prometheus",
         action="store_false",
         help="do not start Prometheus (started by default when installed)",
+    )
+    up.add_argument(
+        "--providers",
+        choices=("sandbox", "local"),
+        default="sandbox",
+        help="local: the channels' real providers against local peers (SMPP, SMTP, FCM, SIPp)",
     )
     up.add_argument("--log-format", choices=("json", "text"), default="json")
     up.add_argument("--plans", type=Path, default=None, help="TONGDA_PLANS_PATH for the router")

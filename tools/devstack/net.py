@@ -76,3 +76,40 @@ async def async_http_get(
     if len(status_line) < 2 or not status_line[1].isdigit():
         raise OSError(f"not an HTTP answer from {host}:{port}{path}: {raw[:80]!r}")
     return int(status_line[1]), body
+
+
+def free_udp_port(host: str = HOST, *, even: bool = False) -> int:
+    """A UDP port free on `host` now; `even`: an even one with the port two above free too
+    (an RTP pair, as SIPp's -mp wants)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if even:
+            port &= ~1
+        if port in _handed_out or port + 2 > 65535:
+            continue
+        try:
+            socks: list[socket.socket] = []
+            for p in (port, port + 2) if even else (port,):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        _handed_out.add(port)
+        return port
+    raise DevstackError("no free UDP port found")
+
+
+def udp_port_bound(host: str, port: int) -> bool:
+    """True if something holds UDP host:port (binding it ourselves fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -30,6 +30,7 @@ from tools.devstack.base import (
     stderr_progress,
 )
 from tools.devstack.broker import Broker
+from tools.devstack.peers import PROVIDERS, LocalProviders
 from tools.devstack.redis_server import RedisServer
 from tools.devstack.service import Service
 
@@ -54,6 +55,9 @@ class StackOptions:
     time_scale: float = 1.0
     clock_start: datetime | None = None
     api_token: str | None = None  # default: a fresh secrets.token_urlsafe()
+    # "sandbox": the channels' sandbox providers; "local": their real providers (SMPP, SMTP,
+    # FCM, SIP) against local peers started with the stack (tools/devstack/peers.py)
+    providers: str = "sandbox"
     extra_env: Mapping[str, str] = field(default_factory=dict)  # every service
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per service
     detached: bool = False
@@ -76,6 +80,13 @@ class Stack:
         self.broker = Broker(self.log_dir / "broker.log", detached=opts.detached)
         self.redis = RedisServer(
             self.log_dir / "redis.log", data_dir=self.data_dir / "redis", detached=opts.detached
+        )
+        if opts.providers not in PROVIDERS:
+            raise DevstackError(f"unknown providers {opts.providers!r}; one of {PROVIDERS}")
+        self.peers = (
+            LocalProviders(self.log_dir, self.data_dir, opts.time_scale, opts.detached)
+            if opts.providers == "local"
+            else None
         )
         self.services: dict[str, Service] = {
             name: Service(
@@ -137,6 +148,8 @@ class Stack:
             scale = o.sandbox_time_scale if o.sandbox_time_scale is not None else o.time_scale
             if scale != 1.0:
                 env["TONGDA_SANDBOX_TIME_SCALE"] = repr(scale)
+        if self.peers is not None:
+            env.update(self.peers.service_env(name))
         env.update(o.extra_env)
         env.update(o.service_env.get(name, {}))
         return env
@@ -181,6 +194,9 @@ class Stack:
             self._note(
                 f"broker {self.bootstrap}, redis {self.redis_url}, {len(created)} topics created"
             )
+            if self.peers is not None:
+                await self.peers.start()
+                self._note("local provider peers ready (logs peers.log, sipp.log)")
             if self.services:
                 await self._start_services()
             await self._start_clock()
@@ -259,7 +275,10 @@ class Stack:
             *(s.stop(self.options.stop_timeout_s) for s in self.services.values()),
             return_exceptions=True,
         )
-        await asyncio.gather(self.broker.stop(), self.redis.stop(), return_exceptions=True)
+        peers = [self.peers.stop()] if self.peers is not None else []
+        await asyncio.gather(
+            self.broker.stop(), self.redis.stop(), *peers, return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -278,7 +297,8 @@ class Stack:
     def records(self) -> dict[str, Any]:
         """The content of .run/pids."""
         procs: dict[str, Any] = {}
-        for proc in (*self.services.values(), self.broker, self.redis):
+        peers = self.peers.processes if self.peers is not None else []
+        for proc in (*self.services.values(), self.broker, self.redis, *peers):
             rec = proc.record()
             procs[proc.name] = rec
         return {"version": 1, "started_at": now_iso(), "env": self.env(), "processes": procs}

@@ -12,6 +12,10 @@ every connection, or send a borrower's message (MO deliver_sm). Every submit is 
 | 0007 | ok | none (never reported) |
 | other | ok | stat:DELIVRD err:000 |
 
+With `steering="contract"` (the local demo's peer, tools/peers) it answers like the SMS
+sandbox of docs/CONTRACT.md instead: 0003 ESME_RINVDSTADR, 0004 `stat:UNDELIV` (failed),
+anything else `stat:DELIVRD`.
+
 `python -m services.sms.smpp.testsmsc --port 2775 --system-id tongda --password secret`
 runs one in the foreground.
 """
@@ -26,13 +30,20 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from services.sms.smpp import pdu
 from services.sms.smpp.pdu import Pdu, ShortMessage
 from services.sms.smpp.text import encode_text, split_udh
 
 log = logging.getLogger(__name__)
+
+Steering = Literal["tests", "contract"]
+# Receipts (stat, err) by the destination's last four digits; None: no receipt at all.
+RECEIPTS: dict[Steering, dict[str, tuple[str, str] | None]] = {
+    "tests": {"0005": ("UNDELIV", "001"), "0006": ("REJECTD", "002"), "0007": None},
+    "contract": {"0004": ("UNDELIV", "001")},
+}
 
 
 @dataclass(frozen=True)
@@ -79,12 +90,14 @@ class TestSmsc:
         port: int = 0,
         receipt_delay_s: float = 0.0,
         receipt_tlvs: bool = False,
+        steering: Steering = "tests",
     ) -> None:
         self.system_id = system_id
         self.password = password
         self.port = port
         self.receipt_delay_s = receipt_delay_s
         self.receipt_tlvs = receipt_tlvs
+        self.receipt_table = RECEIPTS[steering]
         self.submits: list[Submitted] = []
         self.binds = 0
         self.bind_failures = 0
@@ -255,13 +268,9 @@ class TestSmsc:
         message_id = f"{next(self._ids):x}"
         self.submits.append(Submitted(sm, message_id, pdu.ESME_ROK))
         peer.send(Pdu(pdu.SUBMIT_SM_RESP, 0, p.sequence, pdu.encode_id(message_id)))
-        if sm.registered_delivery & 0x03 and not dest.endswith("0007"):
-            stat, err = "DELIVRD", "000"
-            if dest.endswith("0005"):
-                stat, err = "UNDELIV", "001"
-            elif dest.endswith("0006"):
-                stat, err = "REJECTD", "002"
-            self._spawn(self._receipt(peer, sm, message_id, stat, err))
+        receipt = self.receipt_table.get(dest[-4:], ("DELIVRD", "000"))
+        if sm.registered_delivery & 0x03 and receipt is not None:
+            self._spawn(self._receipt(peer, sm, message_id, *receipt))
 
     async def _receipt(
         self, peer: _Peer, sm: ShortMessage, message_id: str, stat: str, err: str

@@ -1,0 +1,87 @@
+"""The push tokens a new notification may use: those not found dead (shared/push_tokens.py).
+
+`without_dead_tokens()` runs once per batch of requests, before their legs are built: one
+MGET of the dead-token keys of the push tokens that the batch's requests with a push step in
+their plan find in their profile or their `contacts` (none: no Redis call at all),
+then each request sees its customer's profile (and its own `contacts`) without the tokens
+still dead. A mark older than the profile's `updated_at` no longer holds: the profile
+changed, the token is usable again, and its mark is deleted (one DEL for the batch) so the
+push service does not refuse it as known dead either. The stored profile is not changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiokafka.structs import TopicPartition
+
+from services.router.plans import PlanBook
+from services.router.store import Store
+from shared.config import CommonSettings
+from shared.contract.models import CustomerProfile, NotificationRequested
+from shared.kafka import Record
+from shared.push_tokens import DeadMark, dead_token_key
+from shared.resp import pack as pack_command
+
+Item = tuple[TopicPartition, Record, NotificationRequested]
+
+
+def _tokens(
+    plans: PlanBook, req: NotificationRequested, profile: CustomerProfile | None
+) -> list[str]:
+    plan = plans.get(req.type)
+    if plan is None or not any(step.channel == "push" for step in plan.steps):
+        return []
+    if req.contacts is not None and req.contacts.push_tokens is not None:
+        return list(req.contacts.push_tokens)
+    return list(profile.push_tokens) if profile is not None else []
+
+
+async def without_dead_tokens(
+    store: Store,
+    settings: CommonSettings,
+    plans: PlanBook,
+    requests: Sequence[Item],
+    profiles: dict[str, CustomerProfile | None],
+) -> tuple[list[Item], dict[str, CustomerProfile | None]]:
+    """The requests and profiles with the tokens found dead left out."""
+    wanted = {
+        (req.customer_id, token)
+        for _, _, req in requests
+        for token in _tokens(plans, req, profiles.get(req.customer_id))
+    }
+    if not wanted:
+        return list(requests), profiles
+    pairs = sorted(wanted)
+    keys = [dead_token_key(settings, cid, token) for cid, token in pairs]
+    (raw,) = await store.run([pack_command("MGET", *keys)])
+    dead: set[tuple[str, str]] = set()
+    revived: list[str] = []
+    for pair, key, value in zip(pairs, keys, raw, strict=True):
+        if value is None:
+            continue
+        profile = profiles.get(pair[0])
+        if DeadMark.decode(value).revived_by(profile.updated_at if profile else None):
+            revived.append(key)
+        else:
+            dead.add(pair)
+    if revived:
+        await store.run([pack_command("DEL", *revived)])
+    if not dead:
+        return list(requests), profiles
+
+    def live(cid: str, tokens: Sequence[str]) -> list[str]:
+        return [t for t in tokens if (cid, t) not in dead]
+
+    kept = {
+        cid: p.model_copy(update={"push_tokens": live(cid, p.push_tokens)}) if p else None
+        for cid, p in profiles.items()
+    }
+    out: list[Item] = []
+    for tp, msg, req in requests:
+        c = req.contacts
+        if c is not None and c.push_tokens is not None:
+            c = c.model_copy(update={"push_tokens": live(req.customer_id, c.push_tokens)})
+            req = req.model_copy(update={"contacts": c})
+        out.append((tp, msg, req))
+    return out, kept
