@@ -22,6 +22,7 @@ from typing import Literal
 from aiohttp import web
 from redis.asyncio import Redis
 
+from shared.channel.claims import Liveness
 from shared.channel.inbound import Inbound, InboundSink
 from shared.config import ChannelSettings
 from shared.contract.models import Dispatch
@@ -96,6 +97,8 @@ class ProviderContext:
     on_receipt: ReceiptSink
     # Borrowers' messages to us (replies, missed calls): published as inquiry.received/v1.
     on_inbound: InboundSink
+    # This process's identity and the liveness of the others (None in tests of a provider alone).
+    liveness: Liveness | None = None
 
 
 class Provider(abc.ABC):
