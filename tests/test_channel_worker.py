@@ -27,6 +27,7 @@ from shared.config import ChannelSettings
 from shared.contract.codec import dumps
 from shared.contract.models import Dispatch
 from shared.logging import JsonFormatter
+from shared.signing import Signer
 
 pytest_plugins = ["channel_support"]
 
@@ -148,7 +149,7 @@ class Harness:
             checksum=None,
             serialized_key_size=3,
             serialized_value_size=len(raw),
-            headers=[],
+            headers=[Signer.from_settings(self.settings).header(b"c-1", raw)],  # the router's
         )
 
     async def feed(self, *values: bytes | Dispatch) -> list[ConsumerRecord]:

@@ -38,6 +38,7 @@ from shared.metrics import (
     EVENTS_CONSUMED,
     PROVIDER_SENDS,
 )
+from shared.signing import Signer
 from shared.templates import render
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class ChannelWorker:
     ) -> None:
         self.settings = settings
         self.claims = claims or Claims(settings, redis, Liveness(settings, redis))
+        self.signer = Signer.from_settings(settings)
         self.provider = provider
         self.consumer = consumer
         self.producer = producer
@@ -252,6 +254,7 @@ class ChannelWorker:
 
     async def _decode(self, record: Record) -> Dispatch | None:
         try:
+            self.signer.verify(record)  # only the router may say what to send to whom
             dispatch = decode(record.value, Dispatch)
             if dispatch.channel != self.channel:
                 raise InvalidEvent(
