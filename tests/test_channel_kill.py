@@ -94,29 +94,40 @@ async def test_sigkill_with_receipts_pending_loses_and_duplicates_nothing(
 async def test_a_claim_left_by_a_dead_process_is_reported_failed_at_once(
     make_settings: MakeSettings, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The state a SIGKILL between the claim and the provider's answer leaves: the claim
-    names a process that is gone. The dispatch coming again is not sent and not left to the
-    router's step timeout: it is reported `failed`, saying why, once."""
+    """The states a SIGKILL leaves: a claim naming a process that is gone, without the
+    provider's answer (killed mid-send) or with it (killed before its outcome was published).
+    The dispatch coming again is not sent and not left to the router's step timeout: it is
+    reported once, `failed` saying why, or with the provider's answer."""
     from channel_support import serving
 
     s = make_settings("sms")
     await create_topics(s)
     orphan = dispatch("sms", "+8613800139999")
+    answered = dispatch("sms", "+8613800130003")  # the provider had said "rejected" at once
     done = dispatch("sms", "+8613800139999")
     await redis.set(claim_key(s, orphan.notification_id, 0, 1), b"c:deadbeefdeadbeef", ex=60)
+    answer = b'o:deadbeefdeadbeef:{"o":"rejected","p":null,"d":"invalid number"}'
+    await redis.set(claim_key(s, answered.notification_id, 0, 1), answer, ex=60)
     await redis.set(claim_key(s, done.notification_id, 0, 1), b"s", ex=60)
     fresh = dispatch("sms", "+8613800139999")
     with caplog.at_level(logging.INFO):
         async with serving(create_app(s, SmsSandbox()), s.http_port):
-            await produce(s, s.topics.dispatch("sms"), records_of([orphan, done, fresh]))
+            await produce(s, s.topics.dispatch("sms"), records_of([orphan, answered, done, fresh]))
 
             async def fresh_sent() -> bool:
                 return await redis.hlen(f"{s.key_prefix}sandbox:sends") == 1
 
             await wait_until(fresh_sent)
-            records = await collect(s, s.topics.router_inbox, 2, within_s=10.0)
+            records = await collect(s, s.topics.router_inbox, 3, within_s=10.0)
     outcomes = {o.notification_id: o for o in (decode(r.value, AttemptOutcome) for r in records)}
-    assert set(outcomes) == {orphan.notification_id, fresh.notification_id}
+    assert len(records) == 3
+    assert set(outcomes) == {
+        orphan.notification_id,
+        answered.notification_id,
+        fresh.notification_id,
+    }
+    assert outcomes[answered.notification_id].outcome == "rejected"  # its answer, not failed
+    assert outcomes[answered.notification_id].detail == "invalid number"
     assert outcomes[orphan.notification_id].outcome == "failed"
     assert outcomes[orphan.notification_id].detail == ORPHAN_DETAIL
     assert outcomes[fresh.notification_id].outcome == "delivered"
@@ -124,5 +135,6 @@ async def test_a_claim_left_by_a_dead_process_is_reported_failed_at_once(
     assert list(sends) == [f"sms:{fresh.notification_id}:0:1".encode()]  # neither other sent
     messages = [r.getMessage() for r in caplog.records]
     assert any("gone before the provider answered" in m for m in messages)
+    assert any("answered by the provider (rejected)" in m for m in messages)
     assert any("already sent (the provider answered before)" in m for m in messages)
     assert await redis.get(claim_key(s, orphan.notification_id, 0, 1)) == b"s"

@@ -6,17 +6,21 @@ the attempt got:
 
 * `c:<instance>`: claimed by that process; the provider has not answered yet (or the process
   has not yet recorded the answer);
+* `o:<instance>:<outcome JSON>`: the provider answered at once with this outcome, which that
+  process is publishing;
 * `s`: the provider answered: its receipt is awaited (the receipt key is saved, in the same
   Redis transaction) or its outcome is published. (`1`, written by older versions, means the
   same.)
 
 A dispatch fetched again finds the claim and, by its value: `s` → already sent, skipped;
-`c:` of this very process → this process handles it (its outcome is published or pending in
-memory); `c:` of a live other process → that process handles it (waited for, bounded);
-`c:` of a process that is gone (killed between the claim and recording the provider's answer)
-→ an **orphan**: whether the provider got it is unknown, so the attempt is reported `failed`
-at once with that detail (the router's plan then retries it or moves on) instead of waiting
-for the router's step timeout. docs/reliability.md explains the choice.
+`c:`/`o:` of this very process → this process handles it (its outcome is published or
+pending in memory); of a live other process → that process handles it (waited for,
+bounded); of a process that is gone → an **orphan**, taken over atomically: an `o:` claim's
+outcome is published (the same outcome again, if the kill came after its publishing); a `c:`
+claim (killed between the claim and recording the provider's answer) is reported `failed` at
+once, saying that whether the provider got it is unknown (the router's plan then retries it
+or moves on), instead of waiting for the router's step timeout. docs/reliability.md explains
+the choice.
 
 Liveness: each process refreshes `alive:{channel}:{instance}` every second (TTL 5 s).
 """
@@ -31,8 +35,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import orjson
 from redis.asyncio import Redis
 
+from shared.channel.provider import Completed
 from shared.config import ChannelSettings
 from shared.contract.models import Dispatch
 from shared.health import RateLimitedLog
@@ -42,6 +48,7 @@ log = logging.getLogger(__name__)
 BEAT_EVERY_S = 1.0
 ALIVE_TTL_S = 5  # a process not heard of for this long is gone
 CLAIMED = "c:"
+ANSWERED = "o:"
 SENT = b"s"
 ORPHAN_DETAIL = (
     "the channel service stopped between claiming this attempt and recording the provider's "
@@ -123,7 +130,9 @@ class ClaimResult:
     """What claiming a batch's attempts found."""
 
     fresh: list[Dispatch]  # claimed now: to be sent
-    orphans: list[Dispatch]  # taken over from a process that is gone: to be reported failed
+    # taken over from a process that is gone, each with the outcome to report: the provider's
+    # answer if it was recorded (`o:`), else `failed`, whether it was sent being unknown
+    orphans: list[tuple[Dispatch, Completed]]
     mine: list[Dispatch]  # already claimed by this process: it knows their fate
     done: list[Dispatch]  # already sent (the provider answered): skipped
 
@@ -162,21 +171,22 @@ class Claims:
             held: dict[str, list[tuple[Dispatch, str, str]]] = {}
             for (d, k), raw in zip(taken, values, strict=True):
                 value = raw.decode() if isinstance(raw, bytes) else raw
-                if value is None or not value.startswith(CLAIMED):
+                owner = _owner(value)
+                if owner is None:
                     # sent (`s`, or `1` from older versions), or expired meanwhile
                     log.info(
                         "attempt already sent (the provider answered before); not sent again",
                         extra=_extra(d),
                     )
                     result.done.append(d)
-                elif value == self.mark:
+                elif owner == self.liveness.instance:
                     log.info(
                         "attempt already handled by this process; not sent again",
                         extra=_extra(d),
                     )
                     result.mine.append(d)
                 else:
-                    held.setdefault(value.removeprefix(CLAIMED), []).append((d, k, value))
+                    held.setdefault(owner, []).append((d, k, value or ""))
             alive = await self.liveness.alive(held)
             taken = []
             for instance, items in held.items():
@@ -184,13 +194,7 @@ class Claims:
                     taken.extend((d, k) for d, k, _ in items)
                     continue
                 for d, k, value in items:
-                    if await self._take_over(keys=[k], args=[value, self.mark]):
-                        log.warning(
-                            "attempt claimed by a channel process that is gone before the "
-                            "provider answered; reporting it failed",
-                            extra={**_extra(d), "claimed_by": instance},
-                        )
-                        result.orphans.append(d)
+                    await self._adopt(d, k, value, instance, result)
             if taken:
                 if time.monotonic() >= deadline:
                     for d, _ in taken:
@@ -201,10 +205,53 @@ class Claims:
                     return
                 await asyncio.sleep(0.5)  # a live process finishing its send, or dying
 
+    async def _adopt(
+        self, d: Dispatch, key: str, value: str, instance: str, result: ClaimResult
+    ) -> None:
+        """Take over the claim of a process that is gone (unless another process just did)."""
+        if value.startswith(ANSWERED):
+            payload = value.split(":", 2)[2]
+            mine = f"{ANSWERED}{self.liveness.instance}:{payload}"
+            if await self._take_over(keys=[key], args=[value, mine]):
+                answer = orjson.loads(payload)
+                log.warning(
+                    "attempt answered by the provider (%s); its outcome was being published by "
+                    "a channel process that is gone: publishing it",
+                    answer["o"],
+                    extra={**_extra(d), "claimed_by": instance},
+                )
+                result.orphans.append((d, Completed(answer["o"], answer["p"], answer["d"])))
+        elif await self._take_over(keys=[key], args=[value, self.mark]):
+            log.warning(
+                "attempt claimed by a channel process that is gone before the provider "
+                "answered; reporting it failed",
+                extra={**_extra(d), "claimed_by": instance},
+            )
+            result.orphans.append((d, Completed("failed", None, ORPHAN_DETAIL)))
+
+    async def answered(self, dispatch: Dispatch, result: Completed) -> None:
+        """Record the provider's immediate answer before its outcome is published: a process
+        taking the attempt over after a crash publishes that answer, not `failed`."""
+        answer = {"o": result.outcome, "p": result.provider_message_id, "d": result.detail}
+        value = f"{ANSWERED}{self.liveness.instance}:".encode() + orjson.dumps(answer)
+        key = dispatch_claim_key(self.settings, dispatch)
+        await self.redis.set(key, value, xx=True, keepttl=True)
+
     async def sent(self, dispatch: Dispatch) -> None:
         """Record that `dispatch`'s outcome is published (it is no orphan if this process dies)."""
         key = dispatch_claim_key(self.settings, dispatch)
         await self.redis.set(key, SENT, xx=True, keepttl=True)
+
+
+def _owner(value: str | None) -> str | None:
+    """The process a claim names; None for a claim whose attempt is sent."""
+    if value is None:
+        return None
+    if value.startswith(CLAIMED):
+        return value[len(CLAIMED) :]
+    if value.startswith(ANSWERED):
+        return value[len(ANSWERED) :].split(":", 1)[0]
+    return None
 
 
 def _extra(dispatch: Dispatch) -> dict[str, object]:

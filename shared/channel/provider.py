@@ -17,16 +17,18 @@ import abc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 from redis.asyncio import Redis
 
-from shared.channel.claims import Liveness
 from shared.channel.inbound import Inbound, InboundSink
 from shared.config import ChannelSettings
 from shared.contract.models import Dispatch
 from shared.templates import Message
+
+if TYPE_CHECKING:
+    from shared.channel.claims import Liveness
 
 __all__ = [
     "Accepted",

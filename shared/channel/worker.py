@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from jinja2 import TemplateError
 from redis.asyncio import Redis
 
-from shared.channel.claims import ORPHAN_DETAIL, Claims, Liveness, dispatch_claim_key
+from shared.channel.claims import Claims, Liveness, dispatch_claim_key
 from shared.channel.outcomes import AttemptRef, OutcomePublisher
 from shared.channel.provider import Accepted, Completed, Provider, SendResult
 from shared.channel.receipts import ReceiptBook
@@ -146,17 +146,14 @@ class ChannelWorker:
         dispatches = [d for d in [await self._decode(r) for r in records] if d is not None]
         claimed = await self.claims.claim(dispatches)
         DUPLICATE_DISPATCHES.labels(channel=self.channel).inc(len(claimed.mine) + len(claimed.done))
-        for d in claimed.fresh + claimed.orphans:
+        for d in [*claimed.fresh, *(d for d, _ in claimed.orphans)]:
             self._unreported.pop(sent_key(self.settings, d), None)
         late = [
             self._report(d, *self._unreported[k])
             for d in claimed.mine
             if (k := sent_key(self.settings, d)) in self._unreported
         ]
-        orphans = [
-            self._report(d, AttemptRef.of(d), Completed("failed", None, ORPHAN_DETAIL))
-            for d in claimed.orphans
-        ]
+        orphans = [self._report(d, AttemptRef.of(d), result) for d, result in claimed.orphans]
         results = await asyncio.gather(
             *(self.hand_over(d) for d in claimed.fresh),
             *late,
@@ -209,6 +206,15 @@ class ChannelWorker:
         """Publish an immediate outcome, then record the claim as sent. If publishing fails,
         the outcome is kept for when the batch comes again (it is rewound)."""
         key = sent_key(self.settings, dispatch)
+        try:
+            await self.claims.answered(dispatch, result)
+        except Exception as exc:  # the outcome still goes out; only a crash now would matter
+            self._errors.log(
+                logging.WARNING,
+                f"answered {type(exc).__name__}",
+                "provider's answer not recorded in the claim: %r",
+                exc,
+            )
         try:
             await self.publisher.publish(
                 ref, result.outcome, result.provider_message_id, result.detail
