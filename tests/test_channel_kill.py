@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from channel_support import collect, create_topics, dispatch, produce, service_env, wait_until
+from channel_support import (
+    collect,
+    create_topics,
+    dispatch,
+    produce,
+    service_env,
+    serving,
+    wait_until,
+)
 from redis.asyncio import Redis
 
 from services.sms.providers import SmsSandbox
@@ -98,8 +107,6 @@ async def test_a_claim_left_by_a_dead_process_is_reported_failed_at_once(
     provider's answer (killed mid-send) or with it (killed before its outcome was published).
     The dispatch coming again is not sent and not left to the router's step timeout: it is
     reported once, `failed` saying why, or with the provider's answer."""
-    from channel_support import serving
-
     s = make_settings("sms")
     await create_topics(s)
     orphan = dispatch("sms", "+8613800139999")
@@ -138,3 +145,23 @@ async def test_a_claim_left_by_a_dead_process_is_reported_failed_at_once(
     assert any("answered by the provider (rejected)" in m for m in messages)
     assert any("already sent (the provider answered before)" in m for m in messages)
     assert await redis.get(claim_key(s, orphan.notification_id, 0, 1)) == b"s"
+
+
+async def test_a_claim_of_a_live_process_is_left_to_it_until_it_is_gone(
+    make_settings: MakeSettings, redis: Redis
+) -> None:
+    """A claim naming another process that is still alive (a rebalance mid-send) is not
+    reported over its head: the dispatch waits until that process is heard of no more."""
+    s = make_settings("sms")
+    await create_topics(s)
+    d = dispatch("sms", "+8613800139999")
+    await redis.set(claim_key(s, d.notification_id, 0, 1), b"c:0123456789abcdef", ex=60)
+    await redis.set(f"{s.key_prefix}alive:sms:0123456789abcdef", b"1", px=2500)
+    gone_at = time.time() + 2.5
+    async with serving(create_app(s, SmsSandbox()), s.http_port):
+        await produce(s, s.topics.dispatch("sms"), records_of([d]))
+        (record,) = await collect(s, s.topics.router_inbox, 1, within_s=15.0)
+    outcome = decode(record.value, AttemptOutcome)
+    assert outcome.outcome == "failed" and outcome.detail == ORPHAN_DETAIL
+    assert outcome.at.timestamp() >= gone_at - 0.1  # not before its claimant was gone
+    assert await redis.hlen(f"{s.key_prefix}sandbox:sends") == 0
