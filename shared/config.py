@@ -81,6 +81,18 @@ class CommonSettings(BaseSettings):
     # HMAC key for sender addresses in Kafka keys and Redis key names (shared/addresses.py).
     # Set it in production (from a Secret): the default only suits a laptop.
     address_hash_key: SecretStr = SecretStr(DEFAULT_ADDRESS_HASH_KEY)
+    signing_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="HMAC-SHA256 keys signing tongda's internal records (dispatch topics, router "
+        "inbox), by key id, as JSON: `{\"2026-11\": \"<secret>\", \"2026-05\": \"<old>\"}`; "
+        "every key listed is accepted, `signing_key_id` signs. Required: a service refuses to "
+        "start without one (`make up` generates one; docs/reliability.md)",
+    )
+    signing_key_id: str = Field(
+        default="",
+        description="the id, in `signing_keys`, of the key that signs; empty: the only key "
+        "when there is exactly one",
+    )
     templates_path: Path | None = Field(
         default=None,
         description="a directory of message templates (config.yaml and one <locale>.yaml per "

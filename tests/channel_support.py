@@ -22,7 +22,9 @@ from aiokafka.structs import ConsumerRecord
 
 from shared.config import ChannelSettings, Topics
 from shared.contract.models import Channel, Dispatch
+from shared.signing import Signer, internal_topics
 from shared.topics import ensure_topics
+from tests.signing_keys import SIGNING, SIGNING_ENV
 from tools.devstack import free_port
 
 
@@ -53,6 +55,7 @@ def make_settings(broker: str, redis_server: str) -> Callable[..., ChannelSettin
             "http_host": "127.0.0.1",
             "http_port": free_port(),
             "log_format": "text",
+            **SIGNING,
         }
         return ChannelSettings(**{**values, **overrides})
 
@@ -93,12 +96,15 @@ async def create_topics(settings: ChannelSettings) -> None:
 async def produce(
     settings: ChannelSettings, topic: str, records: list[tuple[bytes, bytes]]
 ) -> None:
-    """Publish (key, value) records and wait until the broker has them."""
+    """Publish (key, value) records and wait until the broker has them; signed, as the router
+    signs them, if `topic` is internal (a dispatch topic, the router inbox)."""
+    signer = Signer.from_settings(settings) if topic in internal_topics(settings.topics) else None
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
         for key, value in records:
-            await producer.send_and_wait(topic, value=value, key=key)
+            headers = [signer.header(key, value)] if signer else []
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
     finally:
         await producer.stop()
 
@@ -168,5 +174,6 @@ def service_env(settings: ChannelSettings) -> dict[str, str]:
         TONGDA_SANDBOX_TIME_SCALE=str(settings.sandbox_time_scale),
         TONGDA_DRAIN_TIMEOUT_S=str(settings.drain_timeout_s),
         TONGDA_LOG_FORMAT="json",
+        **SIGNING_ENV,
         **{f"TONGDA_TOPICS__{k.upper()}": v for k, v in settings.topics.model_dump().items()},
     )

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
+from tests.signing_keys import SIGNING_ENV
 from tools.devstack import Broker, RedisServer, Stack
 
 T = TypeVar("T")
@@ -119,6 +120,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch, broker: str, redis_server: str
             "TONGDA_KAFKA_BOOTSTRAP": broker,
             "TONGDA_REDIS_URL": redis_server,
             "TONGDA_LOG_FORMAT": "text",
+            **SIGNING_ENV,
         }
         env.update({f"TONGDA_{k.upper()}": str(v) for k, v in overrides.items()})
         for key, value in env.items():

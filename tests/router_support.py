@@ -29,7 +29,9 @@ from services.router.store import Store
 from shared.config import RouterSettings, Topics
 from shared.contract.models import CHANNELS
 from shared.kafka import make_consumer, make_producer
+from shared.signing import Signer, internal_topics
 from shared.topics import ensure_topics
+from tests.signing_keys import SIGNING
 
 
 def isolated_settings(broker: str, redis_url: str, **kw: Any) -> RouterSettings:
@@ -43,7 +45,7 @@ def isolated_settings(broker: str, redis_url: str, **kw: Any) -> RouterSettings:
         key_prefix=f"t{tag}:",
         consumer_group=f"router-{tag}",
         kafka_topic_partitions=2,
-        **kw,
+        **{**SIGNING, **kw},
     )
 
 
@@ -66,8 +68,12 @@ class Harness:
     async def publish(
         self, topic: str, value: bytes | dict[str, Any] | None, key: str = "c1"
     ) -> None:
+        """Publish as the service that writes `topic` would: signed if it is internal."""
         raw = orjson.dumps(value) if isinstance(value, dict) else value
-        await self.producer.send_and_wait(topic, raw, key=key.encode())
+        headers = []
+        if topic in internal_topics(self.settings.topics):
+            headers.append(Signer.from_settings(self.settings).header(key.encode(), raw))
+        await self.producer.send_and_wait(topic, raw, key=key.encode(), headers=headers)
 
 
 @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from channel_support import dispatch
@@ -26,6 +27,7 @@ from shared.channel.sandbox import SandboxProvider
 from shared.config import ChannelSettings
 from shared.contract.models import Channel, Dispatch
 from shared.templates import Message
+from tools.devstack import RedisServer
 
 pytest_plugins = ["channel_support"]
 
@@ -208,3 +210,44 @@ async def test_close_drops_pending_receipts(started) -> None:
     with pytest.raises(TimeoutError):
         await collector.wait_for(1, within_s=4.0 * SCALE)
     assert collector.receipts == []
+
+
+async def test_redis_down_changes_no_outcome_and_the_ledger_catches_up(
+    make_settings: Callable[..., ChannelSettings], tmp_path: Path
+) -> None:
+    """Issue 9, fault 11: the sandbox's bookkeeping failing (Redis down) used to turn every
+    send into `failed`. A real provider does not depend on our Redis: the outcomes stay the
+    ones the addresses ask for, and the ledger is written once Redis is back."""
+    server = RedisServer(tmp_path / "redis.log")  # our own: this test stops it
+    server.start()
+    settings = make_settings("sms", redis_url=server.url, sandbox_time_scale=SCALE)
+    redis = Redis.from_url(server.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    provider = SmsSandbox()
+    collector = Collector()
+    try:
+        await provider.start(ProviderContext(settings, redis, collector, collector.inbound))
+        server.kill()
+        ds = [dispatch("sms", phone(s)) for s in ("9999", "0004", "0003")]
+        _, results = await send_all(provider, ds)
+        assert isinstance(results[2], Completed) and results[2].outcome == "rejected"
+        assert all(isinstance(r, Accepted) for r in results[:2])
+        received = await collector.wait_for(2, within_s=5.0)
+        assert sorted(r.outcome for _, r in received) == ["delivered", "failed"]
+        server.start()  # same port
+        ledger = f"{settings.key_prefix}sandbox:sends"
+        want = {f"sms:{d.notification_id}:0:1".encode(): b"1" for d in ds}
+        deadline = time.monotonic() + 15.0
+        while (got := await _quietly(redis.hgetall(ledger))) != want:
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.2)
+    finally:
+        await provider.close()
+        await redis.aclose()
+        server.stop_sync()
+
+
+async def _quietly(step: Awaitable[dict[bytes, bytes]]) -> dict[bytes, bytes] | None:
+    try:
+        return await step
+    except Exception:
+        return None

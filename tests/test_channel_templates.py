@@ -49,6 +49,7 @@ from shared.templates.__main__ import main as templates_cli
 from shared.templates.filters import money
 from shared.templates.rendering import html_environment, sample, text_environment
 from shared.templates.variables import required_names
+from tests.signing_keys import SIGNING
 
 LOCALES = ["en-US", "zh-CN"]
 PLAN_TYPES = ["repayment_due", "overdue_notice", "loan_approved", "verification_callback", "otp"]
@@ -549,12 +550,14 @@ class RecordingProducer:
     def __init__(self) -> None:
         self.values: list[bytes] = []
 
-    async def send_and_wait(self, topic: str, key: bytes, value: bytes) -> None:
+    async def send_and_wait(
+        self, topic: str, key: bytes, value: bytes, headers: object = None
+    ) -> None:
         self.values.append(value)
 
 
 async def test_the_worker_fails_an_attempt_naming_the_missing_variable(redis: Redis) -> None:
-    settings = ChannelSettings(channel="sms", key_prefix=f"t{uuid.uuid4().hex[:8]}:")
+    settings = ChannelSettings(channel="sms", key_prefix=f"t{uuid.uuid4().hex[:8]}:", **SIGNING)
     provider, producer = RecordingProvider(), RecordingProducer()
     publisher = OutcomePublisher(settings, producer, provider.name)
     worker = ChannelWorker(

@@ -18,6 +18,7 @@ from channel_support import dispatch
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from shared.channel.claims import ClaimResult
 from shared.channel.outcomes import AttemptRef, OutcomePublisher
 from shared.channel.provider import Accepted, Completed, Message, Provider, Receipt, SendResult
 from shared.channel.receipts import ReceiptBook
@@ -26,6 +27,7 @@ from shared.config import ChannelSettings
 from shared.contract.codec import dumps
 from shared.contract.models import Dispatch
 from shared.logging import JsonFormatter
+from shared.signing import Signer
 
 pytest_plugins = ["channel_support"]
 
@@ -147,7 +149,7 @@ class Harness:
             checksum=None,
             serialized_key_size=3,
             serialized_value_size=len(raw),
-            headers=[],
+            headers=[Signer.from_settings(self.settings).header(b"c-1", raw)],  # the router's
         )
 
     async def feed(self, *values: bytes | Dispatch) -> list[ConsumerRecord]:
@@ -376,15 +378,15 @@ async def test_loop_retries_a_failed_batch_then_commits_it(
     h = harness()
     d = dispatch("sms", PHONE)
     h.consumer.log[h.tp] = [h.record(d)]
-    real_claim = h.worker.claim
+    real_claim = h.worker.claims.claim
     failures = [ConnectionError("redis went away")]
 
-    async def flaky_claim(ds: list[Dispatch]) -> list[Dispatch]:
+    async def flaky_claim(ds: list[Dispatch]) -> ClaimResult:
         if failures:
             raise failures.pop()
         return await real_claim(ds)
 
-    monkeypatch.setattr(h.worker, "claim", flaky_claim)
+    monkeypatch.setattr(h.worker.claims, "claim", flaky_claim)
     loop = asyncio.create_task(h.worker.run())
     try:
         await asyncio.wait_for(h.consumer.commits.wait(), 5)

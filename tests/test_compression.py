@@ -19,6 +19,7 @@ from shared.channel.app import create_app
 from shared.config import ChannelSettings
 from shared.contract.codec import decode, dumps
 from shared.contract.models import AttemptOutcome
+from shared.signing import Signer
 from tests.router_support import Reader, engine_harness, value
 
 pytest_plugins = ["channel_support"]
@@ -27,9 +28,14 @@ CODECS = ["gzip", "snappy", "lz4", "zstd"]
 
 
 def produce_with_librdkafka(
-    bootstrap: str, topic: str, codec: str, records: list[tuple[bytes, bytes]]
+    bootstrap: str,
+    topic: str,
+    codec: str,
+    records: list[tuple[bytes, bytes]],
+    signer: Signer | None = None,
 ) -> None:
-    """Produce with librdkafka (confluent-kafka), compressed with `codec`, and wait for acks."""
+    """Produce with librdkafka (confluent-kafka), compressed with `codec`, and wait for acks;
+    signed by `signer` if given (an internal topic)."""
     errors: list[str] = []
 
     def on_delivery(err: object, _msg: object) -> None:
@@ -46,7 +52,8 @@ def produce_with_librdkafka(
         }
     )
     for key, val in records:
-        producer.produce(topic, value=val, key=key, on_delivery=on_delivery)
+        headers = [signer.header(key, val)] if signer else None
+        producer.produce(topic, value=val, key=key, headers=headers, on_delivery=on_delivery)
     left = producer.flush(20)
     assert left == 0, f"{left} records not acknowledged"
     assert not errors, errors
@@ -115,6 +122,7 @@ async def test_channel_service_reads_dispatches_compressed_by_librdkafka(
             settings.topics.dispatch("push"),
             codec,
             [(d.customer_id.encode(), dumps(d)) for d in ds],
+            Signer.from_settings(settings),  # as the router signs dispatches
         )
         got = await collect(settings, settings.topics.router_inbox, len(ds))
     outcomes = {decode(r.value, AttemptOutcome).notification_id for r in got}

@@ -22,6 +22,7 @@ from shared.channel.app import create_app
 from shared.config import ChannelSettings, CommonSettings
 from shared.contract.codec import MAX_INTERNAL_VALUE_BYTES, MAX_VALUE_BYTES, decode, dumps
 from shared.contract.models import CHANNELS, Dispatch
+from shared.signing import Signer
 from shared.topics import topic_specs
 from tests.router_support import Harness, Reader, engine_harness, header, value
 
@@ -108,10 +109,18 @@ async def test_channel_dead_letters_huge_and_deep_dispatches_and_moves_on(
         bootstrap_servers=settings.kafka_bootstrap, max_request_size=4 << 20
     )
     await producer.start()
+    sign = Signer.from_settings(settings)  # as the router signs dispatches
     try:
-        huge_meta = await producer.send_and_wait(topic, huge, key=b"k", partition=0)
-        await producer.send_and_wait(topic, deep_raw, key=b"k", partition=0)
-        await producer.send_and_wait(topic, dumps(good), key=b"k", partition=0)
+        huge_meta = await producer.send_and_wait(
+            topic, huge, key=b"k", partition=0, headers=[sign.header(b"k", huge)]
+        )
+        await producer.send_and_wait(
+            topic, deep_raw, key=b"k", partition=0, headers=[sign.header(b"k", deep_raw)]
+        )
+        good_raw = dumps(good)
+        await producer.send_and_wait(
+            topic, good_raw, key=b"k", partition=0, headers=[sign.header(b"k", good_raw)]
+        )
     finally:
         await producer.stop()
     app = create_app(settings, SmsSandbox())

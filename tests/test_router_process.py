@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.signing_keys import SIGNING_ENV
 from tools.devstack import REPO_ROOT, free_port
 
 CRASHING = """
@@ -43,6 +44,19 @@ def test_bad_setting_exits_2_naming_the_variable() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_no_signing_key_is_refused(broker: str, redis_server: str) -> None:
+    """Secure by default: no key signing the internal topics, no router (exit 2, saying so)."""
+    env = {
+        "TONGDA_KAFKA_BOOTSTRAP": broker,
+        "TONGDA_REDIS_URL": redis_server,
+        "TONGDA_API_TOKEN": "t",
+    }
+    done = run_router(env, "-m", "services.router")
+    assert done.returncode == 2
+    assert "no signing key: set TONGDA_SIGNING_KEYS" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_default_api_token_is_refused(broker: str, redis_server: str) -> None:
     env = {"TONGDA_KAFKA_BOOTSTRAP": broker, "TONGDA_REDIS_URL": redis_server}
     done = run_router(env, "-m", "services.router")
@@ -64,6 +78,7 @@ def test_a_failing_batch_loop_stops_the_router_with_status_1(
         "TONGDA_FAUST_DATADIR": str(tmp_path / "faust"),
         "TONGDA_CONSUMER_GROUP": "crash-test",
         "TONGDA_FAUST_APP_ID": "tongda-router",
+        **SIGNING_ENV,
     }
     done = run_router(env, "-c", CRASHING)
     assert done.returncode == 1, done.stdout[-2000:]

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
+import secrets
 import signal
 import sys
 import time
@@ -278,6 +280,7 @@ async def main_async(args: argparse.Namespace) -> str:
                 "TONGDA_REDIS_URL": s.redis_url,
                 "TONGDA_LOG_LEVEL": "WARNING",
                 "TONGDA_API_TOKEN": "bench",
+                "TONGDA_SIGNING_KEYS": json.dumps({"bench": secrets.token_urlsafe(32)}),
                 "TONGDA_POLICY_PRESET": "cn",  # every event judged by the contact rules
                 "TONGDA_CLOCK_START": BENCH_CLOCK.isoformat(),
                 "TONGDA_CLOCK_ORIGIN_EPOCH_S": repr(time.time()),

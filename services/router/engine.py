@@ -47,6 +47,7 @@ from shared.health import Watchdog, consumer_lag
 from shared.kafka import Batch, Record, send_deadletter
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
 from shared.resp import pack as pack_command
+from shared.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class RouterEngine:
         self.senders = SenderIndex(
             redis, store.keys, settings.address_hash_key.get_secret_value().encode()
         )
+        self.signer = Signer.from_settings(settings)  # the inbox is signed (shared/signing.py)
         # readiness: 503 when no batch completed for stall_after_s while records wait
         self.watchdog = Watchdog(
             self.service,
@@ -139,7 +141,7 @@ class RouterEngine:
         now = self.clock.now()
         for tp, msgs in batch.items():
             EVENTS_CONSUMED.labels(service=self.service, topic=tp.topic).inc(len(msgs))
-        intake = read_batch(batch, self.topics, self.machine.plans, self.needs)
+        intake = read_batch(batch, self.topics, self.machine.plans, self.needs, self.signer.verify)
         pending = await self._profiles(intake, now) if intake.profiles else []
         if intake.requests:
             pending += await self._requests(intake, now)

@@ -3,6 +3,7 @@ dead-letter (with the reason). No I/O here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -65,9 +66,14 @@ class MessageNeeds:
 
 
 def read_batch(
-    batch: Batch, topics: Topics, plans: PlanBook, needs: MessageNeeds | None = None
+    batch: Batch,
+    topics: Topics,
+    plans: PlanBook,
+    needs: MessageNeeds | None = None,
+    verify: Callable[[Record], None] | None = None,
 ) -> Intake:
-    """Decode every record of `batch`; invalid ones are listed in `dead` with the reason."""
+    """Decode every record of `batch`; invalid ones are listed in `dead` with the reason.
+    `verify` checks an inbox record's signature (shared/signing.py) before it is read."""
     intake = Intake()
     for tp, msgs in batch.items():
         intake.size += len(msgs)
@@ -78,6 +84,8 @@ def read_batch(
                 elif tp.topic == topics.requested:
                     intake.requests.append((tp, msg, _request(msg, plans, needs)))
                 elif tp.topic == topics.router_inbox:
+                    if verify is not None:
+                        verify(msg)
                     ev = decode_any(msg.value, *INBOX_SCHEMAS)
                     assert isinstance(ev, AttemptOutcome | TimerFired)
                     intake.inbox.setdefault(ev.notification_id, []).append((tp, msg, ev))

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from services.router.store import Keys
 from shared.config import CommonSettings
 from shared.resp import execute, pack
+from shared.signing import Signer, internal_topics
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class Outbox:
         self.output_topics = list(output_topics)
         self._partitions: dict[str, list[int]] = {}
         self._partitioner = DefaultPartitioner()
+        self.signer = Signer.from_settings(settings)  # dispatches are signed (shared/signing.py)
+        self._signed = internal_topics(settings.topics)
 
     async def send(self, records: Sequence[tuple[TopicPartition, OutRecord]]) -> None:
         """Produce records (each noted in the outbox of its input partition), then clear them.
@@ -126,6 +129,8 @@ class Outbox:
             for i in indices:
                 r = records[i]
                 headers = [(EFFECT_HEADER, r.effect_id.encode())]
+                if r.topic in self._signed:
+                    headers.append(self.signer.header(r.key, r.value))
                 if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
                     futures.append(
                         (await self.producer.send_batch(batch, topic, partition=partition), members)

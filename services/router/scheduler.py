@@ -22,6 +22,7 @@ from shared.config import RouterSettings
 from shared.contract.codec import dumps
 from shared.contract.models import TimerFired
 from shared.metrics import TIMERS_DUE
+from shared.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Scheduler:
         self.store = store
         self.producer = producer
         self.clock = clock or settings.clock()
+        self.signer = Signer.from_settings(settings)  # the inbox is signed (shared/signing.py)
 
     async def tick(self) -> int:
         """Publish every piece of work due now; return how many."""
@@ -69,9 +71,13 @@ class Scheduler:
                     log.error("dropping an unreadable scheduler entry")
                     members.append(member)
                     continue
+                key, value = cid.encode(), dumps(event)
                 futures.append(
                     await self.producer.send(
-                        self.settings.topics.router_inbox, value=dumps(event), key=cid.encode()
+                        self.settings.topics.router_inbox,
+                        value=value,
+                        key=key,
+                        headers=[self.signer.header(key, value)],
                     )
                 )
                 members.append(member)

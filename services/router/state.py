@@ -97,8 +97,16 @@ class NotificationState(msgspec.Struct, kw_only=True):
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(NotificationState)
 
+# Types whose request data is a secret for the moment only (a one-time code): dropped from the
+# stored state as soon as the notification is final, instead of staying readable in Redis for
+# `retention_s` (7 days). While it is in flight (minutes for an OTP) a retry or the next leg
+# needs it to render the message. docs/reliability.md, "OTP codes in Redis".
+EPHEMERAL_DATA_TYPES = frozenset({"otp"})
+
 
 def encode_state(state: NotificationState) -> bytes:
+    if state.data and state.status != "pending" and state.type in EPHEMERAL_DATA_TYPES:
+        state = msgspec.structs.replace(state, data={})
     return _ENCODER.encode(state)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from shared.channel.provider import Provider
 from shared.channel.sandbox import SandboxProvider, Script
@@ -20,6 +21,11 @@ class VoiceSandbox(SandboxProvider):
 
     channel = "voice"
     inbound_text_required = False  # POST /sandbox/inbound {"from": ...} is a missed call
+    _calls_here: dict[str, int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._calls_here = {}  # calls counted while Redis could not be written
 
     async def script(self, dispatch: Dispatch) -> Script:
         """Choose the call's outcome and how long it takes from the number."""
@@ -51,7 +57,10 @@ class VoiceSandbox(SandboxProvider):
         pipe = self.ctx.redis.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, settings.dedupe_ttl_s)
-        calls, _ = await pipe.execute()
+        try:
+            calls, _ = await pipe.execute()
+        except Exception:  # Redis down: count here; the sandbox's books never change outcomes
+            calls = self._calls_here[key] = self._calls_here.get(key, 0) + 1
         return int(calls)
 
 

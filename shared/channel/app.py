@@ -25,6 +25,7 @@ from shared.http import (
 )
 from shared.http import redis_check as ping_redis
 from shared.logging import setup_logging
+from shared.signing import Signer
 from shared.templates import check_templates, log_template_report, use_templates
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def run(channel: Channel, make_provider: ProviderFactory) -> None:
     setup_logging(f"tongda-{channel}", settings.log_level, settings.log_format)
     try:
         check_message_templates(settings)
+        Signer.from_settings(settings)  # no signing key: exit 2 before connecting anywhere
         app = create_app(settings, make_provider(settings))
         web.run_app(
             app,

@@ -17,6 +17,7 @@ from shared.contract.codec import dumps
 from shared.contract.models import AttemptOutcome, Dispatch
 from shared.masking import mask_address, scrub
 from shared.metrics import PROVIDER_OUTCOMES, PROVIDER_SECONDS
+from shared.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class OutcomePublisher:
         self.settings = settings
         self.producer = producer
         self.provider = provider
+        self.signer = Signer.from_settings(settings)
 
     async def publish(
         self,
@@ -99,10 +101,12 @@ class OutcomePublisher:
             detail=scrub(detail)[:1000] if detail else None,
             at=at or utcnow(),
         )
+        key, value = ref.customer_id.encode(), dumps(record)
         await self.producer.send_and_wait(
             self.settings.topics.router_inbox,
-            key=ref.customer_id.encode(),
-            value=dumps(record),
+            key=key,
+            value=value,
+            headers=[self.signer.header(key, value)],
         )
         PROVIDER_OUTCOMES.labels(channel=channel, outcome=outcome).inc()
         PROVIDER_SECONDS.labels(channel=channel, provider=provider).observe(

@@ -17,7 +17,7 @@ import abc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -26,6 +26,9 @@ from shared.channel.inbound import Inbound, InboundSink
 from shared.config import ChannelSettings
 from shared.contract.models import Dispatch
 from shared.templates import Message
+
+if TYPE_CHECKING:
+    from shared.channel.claims import Liveness
 
 __all__ = [
     "Accepted",
@@ -100,6 +103,8 @@ class ProviderContext:
     on_receipt: ReceiptSink
     # Borrowers' messages to us (replies, missed calls): published as inquiry.received/v1.
     on_inbound: InboundSink
+    # This process's identity and the liveness of the others (None in tests of a provider alone).
+    liveness: Liveness | None = None
 
 
 class Provider(abc.ABC):

@@ -1,8 +1,10 @@
 """Attempts the provider accepted and whose receipt is still to come.
 
-Each accepted attempt is kept in memory and, once per batch, in Redis under
-`<prefix>receipt:<channel>:<provider_message_id>`, so that a receipt reaching another
-replica's webhook, or this service after a restart, still finds its attempt.
+Each accepted attempt is kept in memory and saved at once in Redis under
+`<prefix>receipt:<channel>:<provider_message_id>` (concurrent accepts share one round trip),
+together with its claim turning to "sent" (shared/channel/claims.py), so that a receipt
+reaching another replica's webhook, or this service after a restart (SIGKILL included), still
+finds its attempt, and the attempt is never taken for an orphan.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections import OrderedDict
 
 from redis.asyncio import Redis
 
+from shared.channel.claims import SENT, claim_key
 from shared.channel.outcomes import AttemptRef, OutcomePublisher
 from shared.channel.provider import Receipt
 from shared.config import ChannelSettings
+from shared.health import RateLimitedLog
 from shared.metrics import IN_FLIGHT, UNMATCHED_RECEIPTS
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,8 @@ class ReceiptBook:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = IN_FLIGHT.labels(channel=settings.channel)
+        self._save_lock = asyncio.Lock()
+        self._errors = RateLimitedLog(log)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -48,8 +54,14 @@ class ReceiptBook:
         """The Redis key correlating `provider_message_id` with its attempt."""
         return f"{self.settings.key_prefix}receipt:{self.settings.channel}:{provider_message_id}"
 
+    def claim_key(self, ref: AttemptRef) -> str:
+        """The claim of `ref`'s attempt."""
+        return claim_key(self.settings, ref.notification_id, ref.leg, ref.attempt)
+
     async def accepted(self, provider_message_id: str, ref: AttemptRef) -> None:
-        """Remember an accepted attempt; publish at once if its receipt came before."""
+        """Remember an accepted attempt and save it; publish at once if its receipt came
+        before. If Redis cannot be written, the receipt still matches here, in memory, and
+        the save is tried again with the next one."""
         self._pending[provider_message_id] = ref
         self._unsaved.add(provider_message_id)
         self._in_flight.inc()
@@ -57,21 +69,35 @@ class ReceiptBook:
         early = self._early.pop(provider_message_id, None)
         if early is not None:
             await self.resolve(early)
+            return
+        try:
+            await self.save()
+        except Exception as exc:
+            self._errors.log(
+                logging.WARNING,
+                f"save {type(exc).__name__}",
+                "pending receipts not saved to Redis (kept in memory, saved later): %r",
+                exc,
+            )
 
     async def save(self) -> None:
-        """Write the attempts accepted since the last call to Redis, in one round trip."""
-        ids = [i for i in self._unsaved if i in self._pending]
-        self._unsaved.clear()
-        if not ids:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for pmid in ids:
-            pipe.set(self.key(pmid), self._pending[pmid].to_json(), ex=self.settings.dedupe_ttl_s)
-        try:
-            await pipe.execute()
-        except BaseException:
-            self._unsaved.update(i for i in ids if i in self._pending)
-            raise
+        """Write the attempts accepted and not saved yet to Redis, each with its claim turned
+        "sent", in one transaction. Callers arriving while a save runs share the next one."""
+        async with self._save_lock:
+            ids = [i for i in self._unsaved if i in self._pending]
+            self._unsaved.clear()
+            if not ids:
+                return
+            pipe = self.redis.pipeline(transaction=True)
+            for pmid in ids:
+                ref = self._pending[pmid]
+                pipe.set(self.key(pmid), ref.to_json(), ex=self.settings.dedupe_ttl_s)
+                pipe.set(self.claim_key(ref), SENT, xx=True, keepttl=True)
+            try:
+                await pipe.execute()
+            except BaseException:
+                self._unsaved.update(i for i in ids if i in self._pending)
+                raise
 
     async def resolve(self, receipt: Receipt) -> bool:
         """Publish the outcome `receipt` reports; False if it matches no known attempt."""
@@ -100,12 +126,32 @@ class ReceiptBook:
             await self.publisher.publish(
                 ref, receipt.outcome, pmid, receipt.detail, receipt.at, receipt.provider
             )
-            if saved:
-                await self.redis.delete(self.key(pmid))
+            await self._clean_up(pmid, ref, saved)
             return True
         finally:
             self._resolving -= 1
             self._update_idle()
+
+    async def _clean_up(self, pmid: str, ref: AttemptRef, saved: bool) -> None:
+        """After the outcome is published: forget the saved receipt key (or, never saved,
+        mark the claim sent). A failure here loses nothing: the outcome is out; a receipt
+        key left behind expires after dedupe_ttl_s (a repeated receipt would be published
+        again and the router would ignore it as stale)."""
+        try:
+            if saved:
+                await self.redis.delete(self.key(pmid))
+            else:
+                await self.redis.set(self.claim_key(ref), SENT, xx=True, keepttl=True)
+        except Exception as exc:
+            self._errors.log(
+                logging.WARNING,
+                f"clean-up {type(exc).__name__}",
+                "outcome of %s/%d/%d published; clean-up of its receipt in Redis failed: %r",
+                ref.notification_id,
+                ref.leg,
+                ref.attempt,
+                exc,
+            )
 
     def _keep_early(self, receipt: Receipt) -> None:
         UNMATCHED_RECEIPTS.labels(

@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
+from shared.channel.claims import Claims, Liveness
 from shared.channel.inbound import InboundPublisher
 from shared.channel.outcomes import OutcomePublisher
 from shared.channel.provider import Provider, ProviderContext
@@ -37,6 +38,7 @@ class ChannelService:
         self.consumer: AIOKafkaConsumer | None = None
         self.receipts: ReceiptBook | None = None
         self.inbound: InboundPublisher | None = None
+        self.liveness: Liveness | None = None
         self.worker: ChannelWorker | None = None
         self.loop_task: asyncio.Task[None] | None = None
         self._provider_started = False
@@ -58,19 +60,30 @@ class ChannelService:
             )
         self.redis = make_redis(s)
         await self.redis.ping()
+        self.liveness = Liveness(s, self.redis)
+        await self.liveness.start()
         self.producer = make_producer(s, self.client_id)
         await self.producer.start()
         publisher = OutcomePublisher(s, self.producer, self.provider.name)
         self.receipts = ReceiptBook(s, self.redis, publisher)
         self.inbound = InboundPublisher(s, self.producer, self.provider.name, self.redis)
         await self.provider.start(
-            ProviderContext(s, self.redis, self.receipts.resolve, self.inbound.publish)
+            ProviderContext(
+                s, self.redis, self.receipts.resolve, self.inbound.publish, self.liveness
+            )
         )
         self._provider_started = True
         self.consumer = make_consumer(s, s.group, [topics[0]], self.client_id)
         await self.consumer.start()
         self.worker = ChannelWorker(
-            s, self.provider, self.consumer, self.producer, self.redis, self.receipts, publisher
+            s,
+            self.provider,
+            self.consumer,
+            self.producer,
+            self.redis,
+            self.receipts,
+            publisher,
+            Claims(s, self.redis, self.liveness),
         )
         self.loop_task = asyncio.create_task(self.worker.run(), name=f"{self.client_id}-loop")
         self.loop_task.add_done_callback(_log_loop_end)
@@ -90,7 +103,7 @@ class ChannelService:
         5. stop the consumer, leaving the group so its partitions move at once;
         6. close the provider: no receipt arrives after this;
         7. flush and stop the producer;
-        8. close Redis.
+        8. say this process is gone (its heartbeat), close Redis.
         """
         deadline = time.monotonic() + self.settings.drain_timeout_s
         if self.worker is not None and self.receipts is not None:
@@ -112,6 +125,8 @@ class ChannelService:
             await _quietly(self.provider.close(), "provider close")
         if self.producer is not None:
             await _quietly(self.producer.stop(), "producer stop")
+        if self.liveness is not None:
+            await _quietly(self.liveness.stop(), "heartbeat stop")
         if self.redis is not None:
             await _quietly(self.redis.aclose(close_connection_pool=True), "redis close")
 

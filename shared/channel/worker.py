@@ -3,7 +3,8 @@
 A batch's offsets are committed only after every send in it has been handed over (accepted,
 or immediately failed with its outcome published). Each attempt is claimed in Redis before
 the provider sees it, so a batch fetched again after a crash or a rebalance never reaches
-the provider twice; an attempt lost that way is ended by the router's step timeout.
+the provider twice; an attempt whose claiming process died before recording the provider's
+answer is reported `failed` when its dispatch comes again (shared/channel/claims.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from jinja2 import TemplateError
 from redis.asyncio import Redis
 
+from shared.channel.claims import Claims, Liveness, dispatch_claim_key
 from shared.channel.outcomes import AttemptRef, OutcomePublisher
 from shared.channel.provider import Accepted, Completed, Provider, SendResult
 from shared.channel.receipts import ReceiptBook
@@ -25,7 +27,7 @@ from shared.config import ChannelSettings
 from shared.contract.codec import decode
 from shared.contract.models import Dispatch
 from shared.errors import InvalidEvent
-from shared.health import Watchdog, consumer_lag
+from shared.health import RateLimitedLog, Watchdog, consumer_lag
 from shared.kafka import Batch, Record, send_deadletter
 from shared.masking import mask_address
 from shared.metrics import (
@@ -36,6 +38,7 @@ from shared.metrics import (
     EVENTS_CONSUMED,
     PROVIDER_SENDS,
 )
+from shared.signing import Signer
 from shared.templates import render
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,12 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 200  # how long one fetch waits; also how fast a stop is noticed
 EXPIRE_EVERY_S = 10.0  # how often attempts never reported are looked for
+UNREPORTED_MAX = 10_000  # immediate outcomes kept for a batch fetched again
 
 
 def sent_key(settings: ChannelSettings, dispatch: Dispatch) -> str:
     """The Redis key claiming one attempt: set once, before the provider sees it."""
-    return f"{settings.key_prefix}sent:{dispatch.notification_id}:{dispatch.leg}:{dispatch.attempt}"
+    return dispatch_claim_key(settings, dispatch)
 
 
 def _aware(at: datetime) -> datetime:
@@ -66,8 +70,11 @@ class ChannelWorker:
         redis: Redis,
         receipts: ReceiptBook,
         publisher: OutcomePublisher,
+        claims: Claims | None = None,
     ) -> None:
         self.settings = settings
+        self.claims = claims or Claims(settings, redis, Liveness(settings, redis))
+        self.signer = Signer.from_settings(settings)
         self.provider = provider
         self.consumer = consumer
         self.producer = producer
@@ -84,6 +91,10 @@ class ChannelWorker:
         self._stopping = asyncio.Event()
         self._uncommitted: dict[TopicPartition, int] = {}
         self._next_expiry = 0.0
+        # Immediate outcomes whose publishing failed, by claim key: published when the batch
+        # comes again (the claim names this process, so nothing else reports them).
+        self._unreported: dict[str, tuple[AttemptRef, Completed]] = {}
+        self._errors = RateLimitedLog(log)
 
     @property
     def last_error(self) -> str | None:
@@ -133,12 +144,28 @@ class ChannelWorker:
         EVENTS_CONSUMED.labels(service=self.service, topic=self.topic).inc(len(records))
         BATCH_SIZE.labels(service=self.service).observe(len(records))
         dispatches = [d for d in [await self._decode(r) for r in records] if d is not None]
-        fresh = await self.claim(dispatches)
-        results = await asyncio.gather(*(self.hand_over(d) for d in fresh), return_exceptions=True)
+        claimed = await self.claims.claim(dispatches)
+        DUPLICATE_DISPATCHES.labels(channel=self.channel).inc(len(claimed.mine) + len(claimed.done))
+        for d in [*claimed.fresh, *(d for d, _ in claimed.orphans)]:
+            self._unreported.pop(sent_key(self.settings, d), None)
+        late = [
+            self._report(d, *self._unreported[k])
+            for d in claimed.mine
+            if (k := sent_key(self.settings, d)) in self._unreported
+        ]
+        orphans = [self._report(d, AttemptRef.of(d), result) for d, result in claimed.orphans]
+        results = await asyncio.gather(
+            *(self.hand_over(d) for d in claimed.fresh),
+            *late,
+            *orphans,
+            return_exceptions=True,
+        )
         try:
-            await self.receipts.save()
-        except Exception:  # receipts still match in memory; only other replicas miss them
-            log.warning("could not save pending receipts to Redis", exc_info=True)
+            await self.receipts.save()  # those a failed save left in memory
+        except Exception as exc:  # receipts still match in memory; only other replicas miss them
+            self._errors.log(
+                logging.WARNING, type(exc).__name__, "pending receipts not saved to Redis: %r", exc
+            )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -159,21 +186,8 @@ class ChannelWorker:
                 raise
 
     async def claim(self, dispatches: list[Dispatch]) -> list[Dispatch]:
-        """Claim every attempt with one pipelined `SET NX`; return those claimed now."""
-        if not dispatches:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for d in dispatches:
-            pipe.set(sent_key(self.settings, d), b"1", nx=True, ex=self.settings.dedupe_ttl_s)
-        claimed = await pipe.execute()
-        fresh = []
-        for d, ok in zip(dispatches, claimed, strict=True):
-            if ok:
-                fresh.append(d)
-                continue
-            DUPLICATE_DISPATCHES.labels(channel=self.channel).inc()
-            log.info("attempt already handed to the provider; not sent again", extra=_extra(d))
-        return fresh
+        """Claim every attempt; return those claimed now (to be sent)."""
+        return (await self.claims.claim(dispatches)).fresh
 
     async def hand_over(self, dispatch: Dispatch) -> None:
         """Send one attempt; remember it for its receipt or publish its immediate outcome."""
@@ -186,12 +200,43 @@ class ChannelWorker:
         if isinstance(result, Accepted):
             await self.receipts.accepted(result.provider_message_id, ref)
         else:
+            await self._report(dispatch, ref, result)
+
+    async def _report(self, dispatch: Dispatch, ref: AttemptRef, result: Completed) -> None:
+        """Publish an immediate outcome, then record the claim as sent. If publishing fails,
+        the outcome is kept for when the batch comes again (it is rewound)."""
+        key = sent_key(self.settings, dispatch)
+        try:
+            await self.claims.answered(dispatch, result)
+        except Exception as exc:  # the outcome still goes out; only a crash now would matter
+            self._errors.log(
+                logging.WARNING,
+                f"answered {type(exc).__name__}",
+                "provider's answer not recorded in the claim: %r",
+                exc,
+            )
+        try:
             await self.publisher.publish(
                 ref,
                 result.outcome,
                 result.provider_message_id,
                 result.detail,
                 provider=result.provider,
+            )
+        except BaseException:
+            self._unreported[key] = (ref, result)
+            while len(self._unreported) > UNREPORTED_MAX:  # batches that never came back
+                del self._unreported[next(iter(self._unreported))]
+            raise
+        self._unreported.pop(key, None)
+        try:
+            await self.claims.sent(dispatch)
+        except Exception as exc:  # the outcome is out; only a crash now would matter
+            self._errors.log(
+                logging.WARNING,
+                f"sent {type(exc).__name__}",
+                "outcome published; its claim was not marked sent: %r",
+                exc,
             )
 
     async def _send(self, dispatch: Dispatch) -> SendResult:
@@ -219,6 +264,7 @@ class ChannelWorker:
 
     async def _decode(self, record: Record) -> Dispatch | None:
         try:
+            self.signer.verify(record)  # only the router may say what to send to whom
             dispatch = decode(record.value, Dispatch)
             if dispatch.channel != self.channel:
                 raise InvalidEvent(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -58,6 +59,10 @@ class StackOptions:
     # "sandbox": the channels' sandbox providers; "local": their real providers (SMPP, SMTP,
     # FCM, SIP) against local peers started with the stack (tools/devstack/peers.py)
     providers: str = "sandbox"
+    # TONGDA_SIGNING_KEYS / TONGDA_SIGNING_KEY_ID for every service (shared/signing.py);
+    # default: one fresh key, id "dev", for this stack only
+    signing_keys: Mapping[str, str] | None = None
+    signing_key_id: str = ""
     extra_env: Mapping[str, str] = field(default_factory=dict)  # every service
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per service
     detached: bool = False
@@ -76,6 +81,7 @@ class Stack:
         self.log_dir = opts.log_dir or opts.run_dir / "logs"
         self.data_dir = opts.data_dir or opts.run_dir / "data"
         self.api_token = opts.api_token or secrets.token_urlsafe(24)
+        self.signing_keys = dict(opts.signing_keys or {"dev": secrets.token_urlsafe(32)})
         self.clock_origin_epoch_s = 0.0  # a simulated clock starts when the stack is ready
         self.broker = Broker(self.log_dir / "broker.log", detached=opts.detached)
         self.redis = RedisServer(
@@ -118,7 +124,19 @@ class Stack:
     def settings(self) -> CommonSettings:
         from shared.config import CommonSettings
 
-        return CommonSettings(kafka_bootstrap=self.bootstrap, redis_url=self.redis_url)
+        return CommonSettings(
+            kafka_bootstrap=self.bootstrap,
+            redis_url=self.redis_url,
+            signing_keys=self.signing_keys,
+            signing_key_id=self.options.signing_key_id,
+        )
+
+    def signing_env(self) -> dict[str, str]:
+        """The signing keys every service of the stack shares (secrets: .run/env only)."""
+        env = {"TONGDA_SIGNING_KEYS": json.dumps(self.signing_keys)}
+        if self.options.signing_key_id:
+            env["TONGDA_SIGNING_KEY_ID"] = self.options.signing_key_id
+        return env
 
     def service_env(self, name: str) -> dict[str, str]:
         """The TONGDA_* environment `name` runs with (TONGDA_HTTP_PORT is added at spawn)."""
@@ -128,6 +146,7 @@ class Stack:
             "TONGDA_REDIS_URL": self.redis_url,
             "TONGDA_HTTP_HOST": HOST,
             "TONGDA_LOG_FORMAT": o.log_format,
+            **self.signing_env(),
         }
         if o.log_level:
             env["TONGDA_LOG_LEVEL"] = o.log_level
@@ -160,6 +179,7 @@ class Stack:
             "TONGDA_KAFKA_BOOTSTRAP": self.bootstrap,
             "TONGDA_REDIS_URL": self.redis_url,
             "TONGDA_API_TOKEN": self.api_token,
+            **self.signing_env(),
         }
         for name, svc in self.services.items():
             env[f"TONGDA_{name.upper()}_URL"] = svc.url
