@@ -194,3 +194,39 @@ async def test_timeline_is_newest_first(
     assert records[0]["recipient"] == "l***@example.com"
     bad = await client.get("/v1/customers/api-c1/timeline?limit=0", headers=AUTH)
     assert bad.status == 400 and (await bad.json())["field"] == "limit"
+
+
+async def test_put_preference_opts_out_and_is_published(
+    api: tuple[TestClient[Any, Any], Harness], broker: str
+) -> None:
+    client, h = api
+    t = h.settings.topics
+    url = "/v1/customers/api-c9/preferences/sms"
+    assert (await client.put(url, json={"state": "opted_out"})).status == 401
+    bad = await client.put("/v1/customers/api-c9/preferences/fax", json={}, headers=AUTH)
+    assert bad.status == 400 and (await bad.json())["field"] == "channel"
+    bad = await client.put(url, json={"state": "maybe"}, headers=AUTH)
+    assert bad.status == 400 and (await bad.json())["field"] == "state"
+    bad = await client.put(url, data=b"{not json", headers=AUTH)
+    assert bad.status == 400
+    async with Reader(broker, t.preferences) as r:
+        resp = await client.put(url, json={"state": "opted_out"}, headers=AUTH)
+        assert resp.status == 200
+        got = await resp.json()
+        (pref,) = await r.take(t.preferences)
+    assert value(pref) == got
+    assert (got["customer_id"], got["channel"], got["state"], got["source"]) == (
+        "api-c9",
+        "sms",
+        "opted_out",
+        "api",
+    )
+    assert await h.redis.hget(h.store.keys.controls("api-c9"), "pref:sms")
+
+
+async def test_get_inquiry_404_names_the_id(api: tuple[TestClient[Any, Any], Harness]) -> None:
+    client, _ = api
+    resp = await client.get("/v1/inquiries/nope", headers=AUTH)
+    assert resp.status == 404
+    err = await resp.json()
+    assert err["error"] == "not_found" and "'nope'" in err["detail"]
