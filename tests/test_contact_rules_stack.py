@@ -11,7 +11,8 @@ on a simulated clock (shared/clock.py) so nights and call-back delays pass in se
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import itertools
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -162,3 +163,42 @@ async def test_call_backs_by_outcome_and_the_employer_in_business_hours(
             "deferred: business_hours until 2026-11-30T09:00:00+08:00",
         ]
         assert value(boss)["status"] == "delivered"
+
+
+@pytest.mark.slow  # a router restart inside a 15-minute call-back (30 real seconds)
+async def test_a_call_back_pending_across_a_router_restart_is_placed_once(
+    stack_factory: StackFactory,
+) -> None:
+    scale = 0.03  # 15 simulated minutes: 27 real seconds, longer than a router restart
+    start = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)  # Tuesday 10:00 in Shanghai
+    stack = await stack_factory(
+        policy_preset="cn", time_scale=scale, clock_start=start, sandbox_time_scale=None
+    )
+    clock = stack_clock(stack)
+    t = stack.settings().topics
+    async with Reader(stack.bootstrap, t.audit, t.status, t.dispatch("voice")) as r:
+        # ...0005: busy on the first two calls, answered on the third
+        await publish(
+            stack,
+            event(
+                "cbr", "verification_callback", clock.now(), contacts={"phone": "+8613800130005"}
+            ),
+        )
+        busy = lambda m: of("cbr")(m) and value(m).get("outcome") == "busy"  # noqa: E731
+        await r.take(t.audit, where=busy, timeout_s=30)  # the first call was busy
+        (first,) = await r.take(t.dispatch("voice"), where=of("cbr"))
+        called_at = datetime.fromisoformat(value(first)["dispatched_at"])
+        await stack.services["router"].restart()
+        assert clock.now() < called_at + timedelta(minutes=15), "restart outlasted the call-back"
+        (status,) = await r.take(t.status, where=of("cbr"), timeout_s=150)
+        await r.settle(2.0)
+    s = value(status)
+    assert (s["status"], s["channel"]) == ("delivered", "voice")
+    calls = [value(m) for m in r.seen if m.topic == t.dispatch("voice") and of("cbr")(m)]
+    assert [c["attempt"] for c in calls] == [1, 2, 3]  # each call once, none lost or repeated
+    gaps = [
+        datetime.fromisoformat(b["dispatched_at"]) - datetime.fromisoformat(a["dispatched_at"])
+        for a, b in itertools.pairwise(calls)
+    ]
+    assert all(g >= timedelta(minutes=15) for g in gaps), gaps
+    assert len([m for m in r.seen if m.topic == t.status and of("cbr")(m)]) == 1
