@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 import orjson
 
 LedgerKind = str  # "attempt" | "inflight" | "answered"
@@ -30,8 +31,7 @@ def member(channel: str, kind: LedgerKind, debt: str, attempt_id: str) -> str:
     return orjson.dumps([channel, kind, debt, attempt_id]).decode()
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True, gc=False):
     channel: str
     kind: LedgerKind
     debt: str

@@ -21,16 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from services.router.ledger import LedgerView
-from shared.resp import Arg, Stream, execute, pack
+from shared.resp import Arg, Stream, execute, pack, pack_bytes
 
 _LUA = Path(__file__).with_name("lua")
 _SCRIPTS = ("apply", "read", "erase", "claim", "release", "ledger")
-_MSGPACK = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True)
@@ -141,36 +139,54 @@ class Store:
 
     def apply(self, chunk: Sequence[Transition]) -> bytes:
         """The packed EVALSHA of apply.lua for a chunk of transitions (one reply: a list of
-        1 applied / 0 not at the expected version, in order)."""
-        # Redis' cmsgpack reads msgpack str but not bin: bytes (UTF-8 JSON) go as str.
+        1 applied / 0 not at the expected version / 2 the ledger changed, in order).
+
+        Flat arguments, all bytes (see apply.lua for the layout): the hot path's biggest
+        command, packed with `pack_bytes`."""
         k = self.keys
-        payload = _MSGPACK.encode(
-            [
-                [
-                    t.expected_version,
-                    k.state(t.notification_id),
-                    t.state_json.decode(),
-                    k.customer_notifications(t.customer_id),
-                    t.notification_id,
-                    k.timeline(t.customer_id),
-                    t.outbox_key,
-                    [x for eid, blob in t.outbox for x in (eid, blob.decode())],
-                    [x for member, score in t.timers_add for x in (member, score)],
-                    t.timers_del,
-                    [entry.decode() for entry in t.timeline],
-                    k.ledger(t.customer_id),
-                    k.ledger_version(t.customer_id),
-                    t.ledger_read_version,
-                    [x for member, score in t.ledger_add for x in (member, score)],
-                    t.ledger_rem,
-                    t.ledger_prune_before,
-                    self.ledger_ttl_s,
-                ]
-                for t in chunk
-            ]
-        )
-        args: list[Arg] = [self.retention_s, self.timeline_max, payload]
-        return self._packed("apply", [self.keys.timers], args)
+        prune = min((t.ledger_prune_before for t in chunk), default=0.0)
+        args: list[bytes] = [
+            b"EVALSHA",
+            self._sha["apply"].encode(),
+            b"1",
+            k.timers.encode(),
+            b"%d" % self.retention_s,
+            b"%d" % self.timeline_max,
+            b"%d" % self.ledger_ttl_s,
+            repr(prune).encode(),
+            k.state("").encode(),
+            k.customer_notifications("").encode(),
+            k.timeline("").encode(),
+            k.ledger("").encode(),
+            k.ledger_version("").encode(),
+        ]
+        add = args.append
+        for t in chunk:
+            add(b"%d" % t.expected_version)
+            add(t.notification_id.encode())
+            add(t.customer_id.encode())
+            add(t.state_json)
+            add(t.outbox_key.encode())
+            add(b"%d" % (2 * len(t.outbox)))
+            for eid, blob in t.outbox:
+                add(eid.encode())
+                add(blob)
+            add(b"%d" % (2 * len(t.timers_add)))
+            for member, score in t.timers_add:
+                add(repr(score).encode())
+                add(member.encode())
+            add(b"%d" % len(t.timers_del))
+            args += [m.encode() for m in t.timers_del]
+            add(b"%d" % len(t.timeline))
+            args += t.timeline
+            add(b"%d" % t.ledger_read_version)
+            add(b"%d" % (2 * len(t.ledger_add)))
+            for member, score in t.ledger_add:
+                add(repr(score).encode())
+                add(member.encode())
+            add(b"%d" % len(t.ledger_rem))
+            args += [m.encode() for m in t.ledger_rem]
+        return pack_bytes(args)
 
     async def read_states(self, ids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
         """(version, state JSON) of each notification, None where unknown; one round trip."""
