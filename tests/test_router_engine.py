@@ -203,7 +203,7 @@ async def test_step_timeout_fires_from_the_scheduler(
                 fired += await h.scheduler.tick()
                 await r.poll()
             assert fired == 1
-            raw = await h.redis.hget(h.store.keys.state("to"), "s")
+            raw = await h.redis.get(h.store.keys.state("to"))
             state = decode_state(raw)
             assert state.attempts[0].outcome == "failed"
             assert "step timeout" in (state.attempts[0].detail or "")

@@ -140,7 +140,7 @@ def state_view(state: NotificationState) -> dict[str, Any]:
 
 async def get_notification(request: web.Request) -> web.Response:
     nid = request.match_info["id"]
-    raw = await request.app[REDIS].hget(request.app[KEYS].state(nid), "s")
+    raw = await request.app[REDIS].get(request.app[KEYS].state(nid))
     if raw is None:
         return json_error(404, "not_found", f"no notification with id {nid!r}")
     state = decode_state(raw if isinstance(raw, bytes) else raw.encode())

@@ -29,7 +29,7 @@ from services.router.machine import Effects, Machine
 from services.router.observe import observe
 from services.router.outbox import Outbox, OutRecord
 from services.router.packing import Pending, merge, pack, writes_ledger
-from services.router.state import NotificationState, decode_state
+from services.router.state import NotificationState
 from services.router.store import Store
 from shared.clock import Clock
 from shared.config import RouterSettings
@@ -179,13 +179,13 @@ class RouterEngine:
         owner = {m.decode(): cid for cid, ms in zip(erased, members, strict=True) for m in ms}
         nids = list(owner)
         todo: list[tuple[Pending, str]] = []
-        for nid, (v, raw) in zip(nids, await self.store.read_states(nids), strict=True):
-            if v is None or raw is None:
+        for nid, state in zip(nids, await self.store.read_states(nids), strict=True):
+            if state is None:
                 continue
-            state = decode_state(raw)
+            version = state.v
             fx = self.machine.on_erase(state, now)
             if fx is not None:
-                todo.append((self._pack(erased[owner[nid]], state, fx, int(v), {}, now), nid))
+                todo.append((self._pack(erased[owner[nid]], state, fx, version, {}, now), nid))
         # A transition that lost a race (code 0) is erased all the same, without a status.
         return [p for p, _, code in await self._apply(todo) if code == 1]
 
@@ -243,11 +243,11 @@ class RouterEngine:
                 return applied
             nids = list(groups)
             states: dict[str, tuple[int, NotificationState]] = {}
-            for nid, (v, raw) in zip(nids, await self.store.read_states(nids), strict=True):
-                if v is None or raw is None:
+            for nid, state in zip(nids, await self.store.read_states(nids), strict=True):
+                if state is None:
                     STALE_EVENTS.labels(reason="unknown_notification").inc(len(groups[nid]))
                     continue
-                states[nid] = (int(v), decode_state(raw))
+                states[nid] = (state.v, state)
             ledgers = await self._ledgers(
                 {st.customer_id for _, st in states.values() if self.machine.needs_ledger(st)},
                 now,

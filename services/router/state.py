@@ -62,6 +62,7 @@ class PolicyContext(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tru
 
 
 class NotificationState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    # the version, first: the stored JSON opens with `{"v":<n>,` and apply.lua checks it there
     v: int = 0
     id: str
     customer_id: str

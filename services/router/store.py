@@ -1,15 +1,16 @@
 """The router's Redis layout and its atomic operations (Lua, called by EVALSHA).
 
 Keys (prefix `tongda:` by default):
-  n:{notification_id}      hash v (version), s (state JSON)        expires after retention
+  n:{notification_id}      the state JSON, which opens with its version `{"v":<n>,`
+                           (apply.lua checks it)                   expires after retention
   cn:{customer_id}         set of the customer's notification ids  (for erasure)
   tl:{customer_id}         list of comms.record JSON, newest first (timeline)
   profile:{customer_id}    customer.profile/v1 JSON as last received
   timers                   zset member → due epoch seconds (the durable scheduler)
   outbox:{topic}:{part}    hash effect id → record not yet acknowledged by the broker
   outpos:{topic}:{part}    hash out-topic:partition → offset to scan from on recovery
-  led:{customer_id}        zset: the frequency ledger (services/router/ledger.py)
-  ledv:{customer_id}       the ledger's version, bumped by every write
+  led:{customer_id}        zset: the frequency ledger and its version
+                           (services/router/ledger.py)
 
 Key names are built here only: the Lua scripts receive every name they touch.
 """
@@ -24,7 +25,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from services.router.ledger import LedgerView
+from services.router.ledger import VERSION_MEMBER, LedgerView
+from services.router.state import NotificationState, decode_state
 from shared.resp import Arg, Stream, execute, pack, pack_bytes
 
 _LUA = Path(__file__).with_name("lua")
@@ -59,9 +61,6 @@ class Keys:
 
     def ledger(self, customer_id: str) -> str:
         return f"{self.prefix}led:{customer_id}"
-
-    def ledger_version(self, customer_id: str) -> str:
-        return f"{self.prefix}ledv:{customer_id}"
 
 
 @dataclass
@@ -158,7 +157,7 @@ class Store:
             k.customer_notifications("").encode(),
             k.timeline("").encode(),
             k.ledger("").encode(),
-            k.ledger_version("").encode(),
+            VERSION_MEMBER.encode(),
         ]
         add = args.append
         for t in chunk:
@@ -188,13 +187,14 @@ class Store:
             args += [m.encode() for m in t.ledger_rem]
         return pack_bytes(args)
 
-    async def read_states(self, ids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
-        """(version, state JSON) of each notification, None where unknown; one round trip."""
+    async def read_states(self, ids: Sequence[str]) -> list[NotificationState | None]:
+        """The state of each notification (its version is `v`), None where unknown; one
+        round trip."""
         if not ids:
             return []
         keys = [self.keys.state(i) for i in ids]
-        (flat,) = await self.run([self._packed("read", [], keys)])
-        return [(flat[i] or None, flat[i + 1] or None) for i in range(0, len(flat), 2)]
+        (raws,) = await self.run([self._packed("read", [], keys)])
+        return [decode_state(raw) if raw else None for raw in raws]
 
     async def read_ledgers(
         self, customer_ids: Sequence[str], now_s: float
@@ -202,15 +202,14 @@ class Store:
         """The frequency ledger of each customer (entries within the horizon); one trip."""
         if not customer_ids:
             return {}
-        args: list[Arg] = [f"{now_s - self.ledger_horizon_s:.3f}"]
-        for cid in customer_ids:
-            args += [self.keys.ledger(cid), self.keys.ledger_version(cid)]
+        args: list[Arg] = [f"{now_s - self.ledger_horizon_s:.3f}", VERSION_MEMBER]
+        args += [self.keys.ledger(cid) for cid in customer_ids]
         (flat,) = await self.run([self._packed("ledger", [], args)])
         out = {}
         for n, cid in enumerate(customer_ids):
             version, entries = flat[2 * n], flat[2 * n + 1]
             pairs = [(entries[i], float(entries[i + 1])) for i in range(0, len(entries), 2)]
-            out[cid] = LedgerView.parse(int(version) if version else 0, pairs)
+            out[cid] = LedgerView.parse(-int(float(version)) if version else 0, pairs)
         return out
 
     def erase_customer(self, customer_id: str) -> bytes:
@@ -221,7 +220,6 @@ class Store:
             k.timeline(customer_id),
             k.customer_notifications(customer_id),
             k.ledger(customer_id),
-            k.ledger_version(customer_id),
         ]
         return self._packed("erase", keys, [k.state("")])
 

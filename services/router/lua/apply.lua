@@ -4,7 +4,8 @@
 -- KEYS: 1 timers zset
 -- ARGV: 1 retention seconds, 2 timeline max records, 3 ledger ttl seconds,
 --       4 ledger prune-before score, key prefixes: 5 state, 6 customer's notification set,
---       7 timeline, 8 ledger, 9 ledger version; then each transition as a run of arguments
+--       7 timeline, 8 ledger; 9 the ledger's version member (ledger.py, scored minus the
+--       version); then each transition as a run of arguments
 --       (store.py `Store.apply`), a list being its length (number of values) then its values:
 --         expected version (0 = must not exist), notification id, customer id, state json,
 --         outbox key, outbox {id, blob, ...}, timer adds {score, member, ...},
@@ -19,7 +20,7 @@ local retention = tonumber(ARGV[1])
 local tlmax = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local prune_before = ARGV[4]
-local P_STATE, P_CN, P_TL, P_LED, P_LEDV = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local P_STATE, P_CN, P_TL, P_LED, VERSION = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local STEP = 500 -- at most this many values per variadic call (Lua's stack is bounded)
 
 -- redis.call(cmd, key, ARGV[a..b]) in calls of at most STEP * width values
@@ -30,6 +31,18 @@ local function variadic(cmd, key, a, b, width)
     redis.call(cmd, key, unpack(ARGV, i, j))
     i = j + 1
   end
+end
+
+-- whether the state at skey is at version `expected` (0: no state)
+-- the ledger's version (0: none yet)
+local function ledger_version(lkey)
+  return -(tonumber(redis.call('ZSCORE', lkey, VERSION)) or 0)
+end
+
+local function state_at(skey, expected)
+  local cur = redis.call('GET', skey)
+  if expected == 0 then return not cur end
+  return cur ~= false and tonumber(string.match(cur, '^{"v":(%d+)')) == expected
 end
 
 local results = {}
@@ -51,20 +64,21 @@ while p <= last do
   local la_a = p + 1; p = la_a + tonumber(ARGV[p]); local la_b = p - 1
   local lr_a = p + 1; p = lr_a + tonumber(ARGV[p]); local lr_b = p - 1
 
-  local ok = 1
-  local cur = redis.call('HGET', skey, 'v')
-  if expected == 0 then
-    if cur then ok = 0 end
-  elseif (not cur) or tonumber(cur) ~= expected then
+  -- the state is its JSON, which opens with its version: {"v":<n>,... (state.py)
+  local ok
+  local lkey = P_LED .. cid
+  if lread >= 0 and ledger_version(lkey) ~= lread then
+    ok = state_at(skey, expected) and 2 or 0 -- a state that moved on answers 0 first
+  elseif expected == 0 then
+    -- check and write in one: only if no notification has this id yet
+    ok = redis.call('SET', skey, sjson, 'EX', retention, 'NX') and 1 or 0
+  elseif state_at(skey, expected) then
+    redis.call('SET', skey, sjson, 'EX', retention)
+    ok = 1
+  else
     ok = 0
   end
-  if ok == 1 and lread >= 0 then
-    local lv = tonumber(redis.call('GET', P_LEDV .. cid) or '0')
-    if lv ~= lread then ok = 2 end
-  end
   if ok == 1 then
-    redis.call('HSET', skey, 'v', expected + 1, 's', sjson)
-    redis.call('EXPIRE', skey, retention)
     variadic('HSET', obkey, ob_a, ob_b, 2)
     variadic('ZADD', KEYS[1], ta_a, ta_b, 2)
     variadic('ZREM', KEYS[1], td_a, td_b, 1)
@@ -80,15 +94,20 @@ while p <= last do
       redis.call('EXPIRE', cnkey, retention)
     end
     if la_b >= la_a or lr_b >= lr_a then
-      local lkey, lvkey = P_LED .. cid, P_LEDV .. cid
-      variadic('ZADD', lkey, la_a, la_b, 2)
-      variadic('ZREM', lkey, lr_a, lr_b, 1)
-      redis.call('EXPIRE', lkey, ttl)
-      -- prune entries older than every cap window on every 16th write (reads skip them)
-      if redis.call('INCR', lvkey) % 16 == 0 then
-        redis.call('ZREMRANGEBYSCORE', lkey, '-inf', '(' .. prune_before)
+      -- the contacts and the new version in one ZADD (unless the list is very long)
+      local v = (lread >= 0 and lread or ledger_version(lkey)) + 1
+      if la_b - la_a < STEP * 2 then
+        redis.call('ZADD', lkey, -v, VERSION, unpack(ARGV, la_a, la_b))
+      else
+        redis.call('ZADD', lkey, -v, VERSION)
+        variadic('ZADD', lkey, la_a, la_b, 2)
       end
-      redis.call('EXPIRE', lvkey, ttl)
+      variadic('ZREM', lkey, lr_a, lr_b, 1)
+      -- prune contacts older than every cap window on every 16th write (reads skip them)
+      if v % 16 == 0 then
+        redis.call('ZREMRANGEBYSCORE', lkey, 0, '(' .. prune_before)
+      end
+      redis.call('EXPIRE', lkey, ttl)
     end
   end
   n = n + 1

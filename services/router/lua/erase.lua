@@ -1,8 +1,8 @@
 -- Erase what tongda holds about a customer (profile tombstone): profile, timeline, frequency
 -- ledger, notification states. comms.audit on Kafka keeps what the law requires.
--- KEYS: 1 profile, 2 timeline, 3 customer's notification set, 4 ledger, 5 ledger version
+-- KEYS: 1 profile, 2 timeline, 3 customer's notification set, 4 ledger (and its version)
 -- ARGV: 1 the state key of a notification id is ARGV[1] .. id (store.py `Keys.state`)
 local ids = redis.call('SMEMBERS', KEYS[3])
 for _, id in ipairs(ids) do redis.call('DEL', ARGV[1] .. id) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return #ids

@@ -1,9 +1,7 @@
 -- Read many notification states in one reply. ARGV: state keys (store.py `Keys.state`).
--- Returns {version or false, state or false, ...}.
+-- Returns {state or false, ...}: each state is its JSON, version included (`v`).
 local out = {}
 for j = 1, #ARGV do
-  local row = redis.call('HMGET', ARGV[j], 'v', 's')
-  out[#out + 1] = row[1]
-  out[#out + 1] = row[2]
+  out[j] = redis.call('GET', ARGV[j])
 end
 return out
