@@ -368,20 +368,24 @@ def table(
     cpu: dict[str, list[float]],
 ) -> str:
     ms = {k: (percentile(v, 0.5) * 1000, percentile(v, 0.99) * 1000) for k, v in lat.items()}
-    raw, raw_lo, raw_hi = median_range(raws)
-    routed, r_lo, r_hi = median_range(routeds)
-    ratios = sorted(r / w for r, w in zip(routeds, raws, strict=True))
     rows = [
         f"| measure (N={n}, median of {len(raws)} runs [min–max], {os.cpu_count()} cores, "
         f"Python {platform.python_version()}) | value |",
         "|---|---|",
-        f"| raw aiokafka consume→JSON→produce | {raw:,.0f} events/s "
-        f"[{raw_lo:,.0f}–{raw_hi:,.0f}] |",
-        f"| router, full state handling and the cn rules (requested → ledger, Redis → dispatch) "
-        f"| {routed:,.0f} events/s [{r_lo:,.0f}–{r_hi:,.0f}] |",
-        f"| ratio router / raw (run by run; target ≥ 0.5) | {ratios[len(ratios) // 2]:.2f} "
-        f"[{ratios[0]:.2f}–{ratios[-1]:.2f}] |",
     ]
+    routed = 0.0
+    if raws:
+        raw, raw_lo, raw_hi = median_range(raws)
+        routed, r_lo, r_hi = median_range(routeds)
+        ratios = sorted(r / w for r, w in zip(routeds, raws, strict=True))
+        rows += [
+            f"| raw aiokafka consume→JSON→produce | {raw:,.0f} events/s "
+            f"[{raw_lo:,.0f}–{raw_hi:,.0f}] |",
+            "| router, full state handling and the cn rules (requested → ledger, Redis → "
+            f"dispatch) | {routed:,.0f} events/s [{r_lo:,.0f}–{r_hi:,.0f}] |",
+            f"| ratio router / raw (run by run; target ≥ 0.5) | {ratios[len(ratios) // 2]:.2f} "
+            f"[{ratios[0]:.2f}–{ratios[-1]:.2f}] |",
+        ]
     if cpu:
         used = ", ".join(f"{name} {median_range(us)[0]:.0f}" for name, us in cpu.items())
         rows.append(f"| CPU per routed event (µs, median of the runs) | {used} |")
@@ -390,7 +394,7 @@ def table(
         rows += [
             f"| two router processes, same group ({len(twos)} runs) | {two:,.0f} events/s "
             f"[{t_lo:,.0f}–{t_hi:,.0f}] |",
-            f"| two routers / one (target ≥ 1.4) | {two / routed:.2f} |",
+            f"| two routers / one (target ≥ 1.4) | {two / routed:.2f} |" if routed else "",
         ]
     rows += [
         f"| publish→dispatch latency at {rate}/s through the router, p50 / p99 | "
@@ -404,7 +408,7 @@ def table(
     if rss:
         peaks = ", ".join(f"{name} {mib:,.0f}" for name, mib in rss.items())
         rows.append(f"| peak resident memory (RSS, MiB) under load | {peaks} |")
-    return "\n".join(rows)
+    return "\n".join(row for row in rows if row)
 
 
 def router_service(s: CommonSettings, name: str, log: Path, origin_s: float) -> Service:

@@ -18,12 +18,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata, TopicPartition
 from redis.asyncio import Redis
 
 from services.router.store import Keys
 from shared.config import CommonSettings
+from shared.kafka import key_partition
 from shared.resp import execute, pack
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 EFFECT_HEADER = "tongda-effect"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutRecord:
     effect_id: str
     topic: str
@@ -75,7 +75,6 @@ class Outbox:
         self.settings = settings
         self.output_topics = list(output_topics)
         self._partitions: dict[str, list[int]] = {}
-        self._partitioner = DefaultPartitioner()
 
     async def send(self, records: Sequence[tuple[TopicPartition, OutRecord]]) -> None:
         """Produce records (each noted in the outbox of its input partition), then clear them.
@@ -114,12 +113,19 @@ class Outbox:
         if parts is None:
             parts = sorted(await self.producer.partitions_for(topic))
             self._partitions[topic] = parts
-        return int(self._partitioner(key, parts, parts))
+        return parts[key_partition(key, len(parts))]
 
     async def _produce_batched(self, records: Sequence[OutRecord]) -> list[Written | BaseException]:
         by_tp: dict[tuple[str, int], list[int]] = {}
+        known = self._partitions
         for i, r in enumerate(records):
-            by_tp.setdefault((r.topic, await self._partition(r.topic, r.key)), []).append(i)
+            parts = known.get(r.topic)
+            partition = (
+                parts[key_partition(r.key, len(parts))]
+                if parts
+                else await self._partition(r.topic, r.key)
+            )
+            by_tp.setdefault((r.topic, partition), []).append(i)
         futures: list[tuple[asyncio.Future[RecordMetadata], list[int]]] = []
         for (topic, partition), indices in by_tp.items():
             batch, members = self.producer.create_batch(), list[int]()

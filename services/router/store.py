@@ -63,7 +63,7 @@ class Keys:
         return f"{self.prefix}led:{customer_id}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Transition:
     """Everything one notification's transition writes, applied by apply.lua in one call."""
 
