@@ -35,6 +35,7 @@ from shared.clock import Clock
 from shared.config import RouterSettings
 from shared.contract.models import AttemptOutcome, CustomerProfile
 from shared.errors import InvalidEvent
+from shared.gctune import gc_paused
 from shared.health import Watchdog, consumer_lag
 from shared.kafka import Batch, Record, send_deadletter
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
@@ -108,7 +109,8 @@ class RouterEngine:
         off (the watchdog logs a repeated failure at a bounded rate and flips readiness)."""
         while True:
             try:
-                await self.process(batch)
+                with gc_paused():  # the batch's objects live until it is done (gctune.py)
+                    await self.process(batch)
                 return
             except Exception as exc:
                 await asyncio.sleep(self.watchdog.failed(exc))
