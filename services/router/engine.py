@@ -91,18 +91,31 @@ class RouterEngine:
     async def run(self, consumer: AIOKafkaConsumer, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished and committed."""
         self.watchdog.lag = lambda: consumer_lag(consumer)
-        while not stopping.is_set():
-            batch: Batch = await consumer.getmany(timeout_ms=200)
-            if not batch:
-                self.watchdog.nothing_fetched()
-                continue
-            self.watchdog.batch_started(sum(len(msgs) for msgs in batch.values()))
-            async with self.batch_lock:
-                await self.process_until_done(batch, consumer.assignment())
-            # Outside the lock: a commit refused by a rebalance only means redelivery, which
-            # the state versions turn into no-ops.
-            await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
-            self.watchdog.batch_done()
+        # A batch's offsets are committed while the next batch is fetched and processed (one
+        # broker round trip fewer per batch, which is the latency of the records waiting for
+        # it); each commit is awaited before the next one starts, and the last before return.
+        commit: asyncio.Task[None] | None = None
+        try:
+            while not stopping.is_set():
+                batch: Batch = await consumer.getmany(timeout_ms=200)
+                if not batch:
+                    self.watchdog.nothing_fetched()
+                    continue
+                self.watchdog.batch_started(sum(len(msgs) for msgs in batch.values()))
+                async with self.batch_lock:
+                    await self.process_until_done(batch, consumer.assignment())
+                # Outside the lock: a commit refused by a rebalance only means redelivery,
+                # which the state versions turn into no-ops.
+                if commit is not None:
+                    done, commit = commit, None
+                    await done
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                commit = asyncio.create_task(consumer.commit(offsets))
+                self.watchdog.batch_done()
+        finally:
+            if commit is not None:
+                await commit
+            await self.outbox.settled(raise_errors=False)
 
     async def process_until_done(self, batch: Batch, assigned: Iterable[TopicPartition]) -> None:
         """Process a batch; on Redis/Kafka errors recover the outbox and try again, backing
@@ -193,26 +206,38 @@ class RouterEngine:
 
     async def _requests(self, intake: Intake, now: Datetime) -> list[Pending]:
         cids = list({r.customer_id for _, _, r in intake.requests})
-        (raw_profiles,) = await self.store.run(
-            [pack_command("MGET", *[self.store.keys.profile(c) for c in cids])]
-        )
-        profiles = {
-            c: CustomerProfile.model_validate_json(v) if v else None
-            for c, v in zip(cids, raw_profiles, strict=True)
-        }
         todo = intake.requests
-        applied: list[Pending] = []
-        for _ in range(MAX_CONFLICT_ROUNDS):
-            if not todo:
-                return applied
-            ledgers = await self._ledgers(
+
+        def ledger_cids() -> list[str]:
+            return sorted(
                 {
                     r.customer_id
                     for _, _, r in todo
                     if self.machine.needs_ledger(r.type, r.category or "")
-                },
-                now,
+                }
             )
+
+        # the profiles and the first round's ledgers in one round trip
+        first = ledger_cids()
+        commands = [pack_command("MGET", *[self.store.keys.profile(c) for c in cids])]
+        if first:
+            commands.append(self.store.ledgers_command(first, now.timestamp()))
+        replies = await self.store.run(commands)
+        profiles = {
+            c: CustomerProfile.model_validate_json(v) if v else None
+            for c, v in zip(cids, replies[0], strict=True)
+        }
+        read: dict[str, LedgerView] | None = (
+            self.store.parse_ledgers(first, replies[1]) if first else {}
+        )
+        applied: list[Pending] = []
+        for _ in range(MAX_CONFLICT_ROUNDS):
+            if not todo:
+                return applied
+            if read is None:
+                ledgers = await self.store.read_ledgers(ledger_cids(), now.timestamp())
+            else:
+                ledgers, read = read, None
             versions = {cid: lv.version for cid, lv in ledgers.items()}
 
             def transitions(

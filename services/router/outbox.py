@@ -75,25 +75,27 @@ class Outbox:
         self.settings = settings
         self.output_topics = list(output_topics)
         self._partitions: dict[str, list[int]] = {}
+        self._clearing: asyncio.Task[None] | None = None  # the last batch's clean-up
 
     async def send(self, records: Sequence[tuple[TopicPartition, OutRecord]]) -> None:
-        """Produce records (each noted in the outbox of its input partition), then clear them.
+        """Produce records (each noted in the outbox of its input partition); once they are
+        acknowledged, clear them (in the background: `settled` waits for it).
 
         Records go out as one producer batch per output partition (the default partitioner's
         choice, murmur2 of the key, as Kafka's Java clients do); a batch that is not
         acknowledged is sent again, alone, until it is.
         """
+        await self.settled()
         pending = list(records)
         delay_s = 0.2
+        acked: list[tuple[tuple[TopicPartition, OutRecord], Written]] = []
         while pending:
             results = await self._produce_batched([r for _, r in pending])
-            sent = [
+            acked += [
                 (p, res)
                 for p, res in zip(pending, results, strict=True)
                 if isinstance(res, Written)
             ]
-            if sent:
-                await self._clear([p for p, _ in sent], [w for _, w in sent])
             failed = [
                 (p, e) for p, e in zip(pending, results, strict=True) if not isinstance(e, Written)
             ]
@@ -107,6 +109,24 @@ class Outbox:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
             pending = [p for p, _ in failed]
+        if acked:
+            # Clearing the acknowledged records from the outbox waits for nobody: it runs
+            # while the next batch is processed (its records are on the broker; were the
+            # router to stop first, recovery would find them there and not send them again).
+            clear = self._clear([p for p, _ in acked], [w for _, w in acked])
+            self._clearing = asyncio.create_task(clear)
+
+    async def settled(self, raise_errors: bool = True) -> None:
+        """Wait until the outbox entries of the last acknowledged records are cleared."""
+        task, self._clearing = self._clearing, None
+        if task is None:
+            return
+        try:
+            await task
+        except Exception:
+            if raise_errors:
+                raise
+            log.warning("outbox clean-up failed; recovery checks the entries", exc_info=True)
 
     async def _partition(self, topic: str, key: bytes) -> int:
         parts = self._partitions.get(topic)
@@ -182,6 +202,7 @@ class Outbox:
 
     async def recover(self, inputs: Iterable[TopicPartition]) -> int:
         """Before consuming `inputs`: resend what their outbox holds and the broker lacks."""
+        await self.settled(raise_errors=False)
         inputs = list(inputs)
         if not inputs:
             return 0

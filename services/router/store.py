@@ -202,9 +202,18 @@ class Store:
         """The frequency ledger of each customer (entries within the horizon); one trip."""
         if not customer_ids:
             return {}
+        (flat,) = await self.run([self.ledgers_command(customer_ids, now_s)])
+        return self.parse_ledgers(customer_ids, flat)
+
+    def ledgers_command(self, customer_ids: Sequence[str], now_s: float) -> bytes:
+        """The packed EVALSHA of ledger.lua for `customer_ids` (to pipeline with others)."""
         args: list[Arg] = [f"{now_s - self.ledger_horizon_s:.3f}", VERSION_MEMBER]
         args += [self.keys.ledger(cid) for cid in customer_ids]
-        (flat,) = await self.run([self._packed("ledger", [], args)])
+        return self._packed("ledger", [], args)
+
+    @staticmethod
+    def parse_ledgers(customer_ids: Sequence[str], flat: list[Any]) -> dict[str, LedgerView]:
+        """ledger.lua's reply for `customer_ids`, as a view per customer."""
         out = {}
         for n, cid in enumerate(customer_ids):
             version, entries = flat[2 * n], flat[2 * n + 1]
