@@ -91,15 +91,20 @@ class RouterEngine:
     async def run(self, consumer: AIOKafkaConsumer, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished and committed."""
         self.watchdog.lag = lambda: consumer_lag(consumer)
-        # A batch's offsets are committed while the next batch is fetched and processed (one
-        # broker round trip fewer per batch, which is the latency of the records waiting for
-        # it); each commit is awaited before the next one starts, and the last before return.
+        # A batch's records are acknowledged and its offsets committed while the next batch
+        # is fetched and processed (two broker round trips fewer on each batch's path, which
+        # is the latency of the records waiting for it); the offsets only after the records;
+        # each commit is awaited before the next one starts, and the last before return.
         commit: asyncio.Task[None] | None = None
         try:
             while not stopping.is_set():
                 batch: Batch = await consumer.getmany(timeout_ms=200)
                 if not batch:
                     self.watchdog.nothing_fetched()
+                    if self.outbox.failed():  # raised and retried (with recovery) as before
+                        async with self.batch_lock:
+                            await self.process_until_done({}, consumer.assignment())
+                        self.watchdog.batch_done()
                     continue
                 self.watchdog.batch_started(sum(len(msgs) for msgs in batch.values()))
                 async with self.batch_lock:
@@ -110,12 +115,28 @@ class RouterEngine:
                     done, commit = commit, None
                     await done
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-                commit = asyncio.create_task(consumer.commit(offsets))
+                commit = asyncio.create_task(self._commit(consumer, offsets, self.outbox.in_flight))
                 self.watchdog.batch_done()
         finally:
             if commit is not None:
                 await commit
-            await self.outbox.settled(raise_errors=False)
+            await self.outbox.flush()
+
+    @staticmethod
+    async def _commit(
+        consumer: AIOKafkaConsumer,
+        offsets: dict[TopicPartition, int],
+        sending: asyncio.Task[None] | None,
+    ) -> None:
+        """Commit a batch's offsets once its records are acknowledged. If sending them failed,
+        nothing is committed: the next `Outbox.start_send` raises the error and the batch
+        loop retries with recovery (`process_until_done`), as when the send was awaited."""
+        if sending is not None:
+            try:
+                await sending
+            except Exception:
+                return
+        await consumer.commit(offsets)
 
     async def process_until_done(self, batch: Batch, assigned: Iterable[TopicPartition]) -> None:
         """Process a batch; on Redis/Kafka errors recover the outbox and try again, backing
@@ -154,7 +175,7 @@ class RouterEngine:
             records += [(p.input_tp, r) for r in p.records]
             observe(p)
         await asyncio.gather(
-            self.outbox.send(records),
+            self.outbox.start_send(records),  # acknowledged while the next batch is processed
             *(
                 send_deadletter(self.outbox.producer, self.settings, m, e, self.service)
                 for m, e in intake.dead
@@ -394,7 +415,7 @@ class RecoveringListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.engine.batch_lock:  # waits for the in-flight batch to be cleared
-            return None
+            await self.engine.outbox.flush()  # its records on the broker before the next owner
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.engine.batch_lock:

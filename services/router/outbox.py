@@ -75,18 +75,67 @@ class Outbox:
         self.settings = settings
         self.output_topics = list(output_topics)
         self._partitions: dict[str, list[int]] = {}
+        self._sending: asyncio.Task[None] | None = None  # the last records being sent
         self._clearing: asyncio.Task[None] | None = None  # the last batch's clean-up
 
     async def send(self, records: Sequence[tuple[TopicPartition, OutRecord]]) -> None:
-        """Produce records (each noted in the outbox of its input partition); once they are
-        acknowledged, clear them (in the background: `settled` waits for it).
+        """Produce records and wait until the broker acknowledged them all (`start_send`)."""
+        await self.start_send(records)
+        await self.sent()
+
+    async def start_send(
+        self, records: Sequence[tuple[TopicPartition, OutRecord]]
+    ) -> asyncio.Task[None]:
+        """Start producing records (each noted in the outbox of its input partition) once the
+        records of the previous call are acknowledged, so records leave in the order they were
+        produced. Returns the task that ends when these are acknowledged: the caller commits
+        its input offsets after it (the router processes its next batch meanwhile)."""
+        await self.sent()
+        task = asyncio.create_task(self._send(list(records)))
+        self._sending = task
+        return task
+
+    @property
+    def in_flight(self) -> asyncio.Task[None] | None:
+        """The task sending the records of the last `start_send`, until `sent` is awaited."""
+        return self._sending
+
+    def failed(self) -> bool:
+        """Whether the last records' sending ended in an error (`sent` raises it)."""
+        task = self._sending
+        return (
+            task is not None
+            and task.done()
+            and not task.cancelled()
+            and (task.exception() is not None)
+        )
+
+    async def sent(self, raise_errors: bool = True) -> None:
+        """Wait until the records of the last `start_send` are acknowledged."""
+        task, self._sending = self._sending, None
+        if task is None:
+            return
+        try:
+            await task
+        except Exception:
+            if raise_errors:
+                raise
+            log.warning("sending the outbox failed; recovery checks the entries", exc_info=True)
+
+    async def flush(self) -> None:
+        """Wait for everything in flight: records being sent, then their clean-up."""
+        await self.sent(raise_errors=False)
+        await self.settled(raise_errors=False)
+
+    async def _send(self, pending: list[tuple[TopicPartition, OutRecord]]) -> None:
+        """Produce until every record is acknowledged; then clear them from the outbox (in
+        the background: `settled` waits for it).
 
         Records go out as one producer batch per output partition (the default partitioner's
         choice, murmur2 of the key, as Kafka's Java clients do); a batch that is not
         acknowledged is sent again, alone, until it is.
         """
         await self.settled()
-        pending = list(records)
         delay_s = 0.2
         acked: list[tuple[tuple[TopicPartition, OutRecord], Written]] = []
         while pending:
@@ -202,7 +251,7 @@ class Outbox:
 
     async def recover(self, inputs: Iterable[TopicPartition]) -> int:
         """Before consuming `inputs`: resend what their outbox holds and the broker lacks."""
-        await self.settled(raise_errors=False)
+        await self.flush()  # what this process still had in flight goes first
         inputs = list(inputs)
         if not inputs:
             return 0
