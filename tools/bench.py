@@ -489,7 +489,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", "20000")))
     p.add_argument("--runs", type=int, default=3, help="throughput runs (median reported)")
-    p.add_argument("--scale-runs", type=int, default=1, help="runs with two routers (0: none)")
+    p.add_argument("--scale-runs", type=int, default=3, help="runs with two routers (0: none)")
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--markdown", type=Path, help="also write the table into this file")
