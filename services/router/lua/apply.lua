@@ -40,7 +40,9 @@ local function ledger_version(lkey)
 end
 
 local function state_at(skey, expected)
-  local cur = redis.call('GET', skey)
+  local cur = redis.pcall('GET', skey)
+  -- a state written before states were strings (a hash: v, s); SET below replaces it
+  if type(cur) == 'table' and cur.err then cur = redis.call('HGET', skey, 's') end
   if expected == 0 then return not cur end
   return cur ~= false and tonumber(string.match(cur, '^{"v":(%d+)')) == expected
 end
