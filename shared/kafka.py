@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -151,3 +153,10 @@ def truncated(
         max(0, room),
     )
     return key, value[: max(0, room)], headers
+
+
+@lru_cache(maxsize=65_536)
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition (index) the default partitioner (murmur2, as Kafka's Java clients) picks
+    for `key` among `partitions`; cached, as the same customers' keys come back."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions

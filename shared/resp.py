@@ -31,6 +31,18 @@ def pack(*args: Arg) -> bytes:
     return b"".join(parts)
 
 
+_LENGTHS = [b"$%d\r\n" % n for n in range(1024)]
+
+
+def pack_bytes(args: Sequence[bytes]) -> bytes:
+    """`pack` for arguments that are all bytes already: the hot path's long commands."""
+    heads = _LENGTHS
+    top = len(heads)
+    return b"*%d\r\n" % len(args) + b"".join(
+        [(heads[len(a)] if len(a) < top else b"$%d\r\n" % len(a)) + a + b"\r\n" for a in args]
+    )
+
+
 async def execute(redis: Redis, commands: Sequence[bytes]) -> list[Any]:
     """Send packed commands in one write; return their replies in order.
 

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from services.router.ledger import member
+from services.router.ledger import VERSION_MEMBER, member
 from tests.router_support import Reader, engine_harness, value
 
 SHANGHAI_TUESDAY_10H = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
@@ -132,12 +132,14 @@ async def test_deferred_at_night_with_the_decision_in_the_audit(
 async def test_erasing_a_customer_erases_the_ledger(broker: str, redis_server: str) -> None:
     async with engine_harness(broker, redis_server, run=False, policy="cn") as h:
         keys = h.store.keys
-        await h.redis.zadd(keys.ledger("gone"), {member("voice", "attempt", "L1", "x:0:1"): 1.0})
-        await h.redis.set(keys.ledger_version("gone"), 3)
+        await h.redis.zadd(
+            keys.ledger("gone"),
+            {member("voice", "attempt", "L1", "x:0:1"): 1.0, VERSION_MEMBER: -3.0},
+        )
         tp = TopicPartition(h.settings.topics.profiles, 0)
         tombstone = ConsumerRecord(tp.topic, 0, 0, 0, 0, b"gone", None, None, 4, -1, [])
         await h.engine.process({tp: [tombstone]})
-        assert not await h.redis.exists(keys.ledger("gone"), keys.ledger_version("gone"))
+        assert not await h.redis.exists(keys.ledger("gone"))
 
 
 async def test_quiet_hours_opt_out_and_third_party_through_the_broker(

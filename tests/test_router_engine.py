@@ -9,9 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from services.router.outbox import EFFECT_HEADER, OutRecord
 from services.router.state import decode_state
+from shared.signing import Signer
 from tests.router_support import Harness, Reader, engine_harness, header, value
 
 NOW = datetime.now(UTC).isoformat()
@@ -203,7 +205,7 @@ async def test_step_timeout_fires_from_the_scheduler(
                 fired += await h.scheduler.tick()
                 await r.poll()
             assert fired == 1
-            raw = await h.redis.hget(h.store.keys.state("to"), "s")
+            raw = await h.redis.get(h.store.keys.state("to"))
             state = decode_state(raw)
             assert state.attempts[0].outcome == "failed"
             assert "step timeout" in (state.attempts[0].detail or "")
@@ -289,3 +291,44 @@ async def test_erasing_a_customer_ends_its_notifications_in_flight(
             await r.settle(0.5)
             assert len([m for m in r.seen if m.topic == t.status]) == 1
         assert not await h.redis.exists(h.store.keys.state("gone1"))
+
+
+async def test_a_state_stored_as_a_hash_before_states_were_strings_moves_on(
+    broker: str, redis_server: str
+) -> None:
+    """Upgrade path: a notification whose state was written as a hash (v, s) by an earlier
+    router is read, advanced and written back as a string by the next transition."""
+    async with engine_harness(broker, redis_server, run=False) as h:
+        t = h.settings.topics
+        req_tp = TopicPartition(t.requested, 0)
+        body = orjson.dumps(event("old1", contacts={"phone": "+8613800000001"}))
+        await h.engine.process({req_tp: [record(req_tp, 0, b"c1", body)]})
+        key = h.store.keys.state("old1")
+        raw = await h.redis.get(key)
+        assert raw is not None and decode_state(raw).v == 1
+        await h.redis.delete(key)
+        await h.redis.hset(key, mapping={"v": 1, "s": raw})  # the earlier layout
+        outcome = {
+            "schema": "tongda.outcome/v1",
+            "notification_id": "old1",
+            "customer_id": "c1",
+            "channel": "voice",
+            "leg": 0,
+            "attempt": 1,
+            "outcome": "busy",
+            "provider": "test",
+            "at": datetime.now(UTC).isoformat(),
+        }
+        inbox_tp = TopicPartition(t.router_inbox, 0)
+        raw_outcome = orjson.dumps(outcome)
+        signed = record(inbox_tp, 0, b"c1", raw_outcome)
+        signed.headers.append(Signer.from_settings(h.settings).header(b"c1", raw_outcome))
+        await h.engine.process({inbox_tp: [signed]})
+        assert await h.redis.type(key) == b"string"
+        state = decode_state(await h.redis.get(key))
+        assert state.v == 2
+        assert [(a.channel, a.outcome) for a in state.attempts] == [("voice", "busy")]
+
+
+def record(tp: TopicPartition, offset: int, key: bytes, value: bytes) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, key, value, None, 0, 0, [])

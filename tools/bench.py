@@ -7,9 +7,14 @@ One run, one fresh broker and Redis, three measurements side by side:
      active: each is an `overdue_notice` (collection) for a borrower of its own, so every one
      is judged against the calling window in the borrower's local time and against the
      frequency caps, reading the borrower's ledger and writing the call into it; the router's
-     clock is set to 10:00 in Shanghai on a Tuesday so that the window is open;
-  3. latency at a fixed rate: publish→dispatch through the router, beside the broker's own
-     produce→consume latency at the same rate and consumer settings.
+     clock is set to 10:00 in Shanghai on a Tuesday so that the window is open, and runs 20×
+     slower than real time so that no step times out (and adds work) during the bench;
+  3. latency at a fixed rate (2,000/s): publish→dispatch through the router, beside the same
+     two broker hops through the raw pass-through loop (no state) and the broker's own
+     produce→consume latency, at the same rate and consumer settings;
+  4. scaling: a second router process joins the group, and the two drain the same backlog;
+  5. memory: the resident set (RSS) of the router(s), Redis and the broker, sampled while the
+     router drains, peak per process.
 Rates come from the output records' timestamps (first to last), so start-up is not counted.
 """
 
@@ -39,6 +44,8 @@ from shared.kafka import make_consumer, make_producer
 from tools.devstack import REPO_ROOT, Broker, RedisServer, Service
 
 RAW_IN, RAW_OUT, LAT = "bench.raw.in", "bench.raw.out", "bench.latency"
+LAT_IN, LAT_OUT = "bench.latency.raw.in", "bench.latency.raw.out"
+LATENCY_RUN = 9999  # the run tag (customer ids) of the latency phase's notifications
 
 
 def say(msg: str) -> None:
@@ -85,9 +92,11 @@ async def publish(s: CommonSettings, topic: str, n: int, make: Callable[[int], b
         await producer.stop()
 
 
-async def span_of(s: CommonSettings, topic: str, n: int, timeout_s: float, skip: int = 0) -> float:
-    """Seconds between the first and the n-th record's timestamp on `topic`, after `skip`
-    records (those of earlier rounds)."""
+async def span_of(
+    s: CommonSettings, topic: str, n: int, timeout_s: float, run: int | None = None
+) -> float:
+    """Seconds between the first and the n-th record's timestamp on `topic`; with `run`, only
+    the records of that round count (their key is a customer id `cust-<run>-…`)."""
     c = AIOKafkaConsumer(
         topic,
         bootstrap_servers=s.kafka_bootstrap,
@@ -95,38 +104,43 @@ async def span_of(s: CommonSettings, topic: str, n: int, timeout_s: float, skip:
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
     )
+    prefix = None if run is None else customer(0, run).rsplit("-", 1)[0].encode() + b"-"
     await c.start()
     stamps: list[int] = []
     deadline = time.monotonic() + timeout_s
     next_note = time.monotonic() + 5
     try:
-        while len(stamps) < skip + n:
+        while len(stamps) < n:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(stamps) - skip}/{n} records on {topic}")
+                raise TimeoutError(f"only {len(stamps)}/{n} records on {topic}")
             for msgs in (await c.getmany(timeout_ms=500, max_records=5000)).values():
-                stamps += [m.timestamp for m in msgs]
+                stamps += [
+                    m.timestamp
+                    for m in msgs
+                    if prefix is None or (m.key is not None and m.key.startswith(prefix))
+                ]
             if time.monotonic() > next_note:
                 say(f"{topic}: {len(stamps)}/{n}")
                 next_note = time.monotonic() + 5
     finally:
         await c.stop()
-    stamps = sorted(stamps[skip:])
+    stamps = sorted(stamps)
     return max(1, stamps[n - 1] - stamps[0]) / 1000
 
 
-async def raw_passthrough(s: CommonSettings, n: int, run: int) -> float:
-    """One round on topics and a group of its own: the backlog is in place before the
-    consumer joins, as it is for the router."""
-    src, dst = f"{RAW_IN}.{run}", f"{RAW_OUT}.{run}"
-    await publish(s, src, n, lambda i: notification(i, run=run))
-    consumer = make_consumer(s, f"bench-raw-{run}", [src], "bench-raw")
+async def raw_loop(
+    s: CommonSettings, src: str, dst: str, group: str, done: Callable[[int], bool]
+) -> None:
+    """The raw pass-through: consume (the router's consumer settings) → orjson parse →
+    serialise → produce without awaiting each send → commit; until `done(records so far)`."""
+    consumer = make_consumer(s, group, [src], "bench-raw")
     producer = make_producer(s, "bench-raw")
     await consumer.start()
     await producer.start()
-    done = 0
+    count = 0
     try:
-        while done < n:
-            batch = await consumer.getmany(timeout_ms=500)
+        while not done(count):
+            batch = await consumer.getmany(timeout_ms=100)
             futures = []
             for msgs in batch.values():
                 for m in msgs:
@@ -135,23 +149,118 @@ async def raw_passthrough(s: CommonSettings, n: int, run: int) -> float:
             await asyncio.gather(*futures)
             if batch:
                 await consumer.commit()
-            done += len(futures)
+            count += len(futures)
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+async def raw_passthrough(s: CommonSettings, n: int, run: int) -> float:
+    """One round on topics and a group of its own: the backlog is in place before the
+    consumer joins, as it is for the router."""
+    src, dst = f"{RAW_IN}.{run}", f"{RAW_OUT}.{run}"
+    await publish(s, src, n, lambda i: notification(i, run=run))
+    await raw_loop(s, src, dst, f"bench-raw-{run}", lambda count: count >= n)
     return n / await span_of(s, dst, n, 60)
 
 
-async def router_rate(s: CommonSettings, router: Service, n: int, run: int) -> float:
-    """The router is paused (SIGSTOP) while the round's backlog is published, so the rate is
-    the router's own and not the publisher's."""
-    router.send(signal.SIGSTOP)
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def router_rate(
+    s: CommonSettings,
+    routers: list[Service],
+    n: int,
+    run: int,
+    redis_pid: int | None = None,
+    cpu: dict[str, list[float]] | None = None,
+) -> float:
+    """The routers are paused (SIGSTOP) while the round's backlog is published, so the rate is
+    the routers' own and not the publisher's. With `cpu`, the CPU µs per event the routers and
+    Redis spent on the round are appended to `cpu["router"]` and `cpu["Redis"]`."""
+    for router in routers:
+        router.send(signal.SIGSTOP)
     try:
         await publish(s, s.topics.requested, n, lambda i: notification(i, run=run))
     finally:
-        router.send(signal.SIGCONT)
-    say("router draining the backlog …")
-    return n / await span_of(s, s.topics.dispatch(DISPATCH_CHANNEL), n, 600, skip=run * n)
+        before = sum(cpu_s(r.pid) for r in routers), cpu_s(redis_pid)
+        for router in routers:
+            router.send(signal.SIGCONT)
+    say(f"{len(routers)} router process(es) draining the backlog …")
+    rate = n / await span_of(s, s.topics.dispatch(DISPATCH_CHANNEL), n, 600, run=run)
+    if cpu is not None:
+        after = sum(cpu_s(r.pid) for r in routers), cpu_s(redis_pid)
+        cpu.setdefault("router", []).append((after[0] - before[0]) / n * 1e6)
+        cpu.setdefault("Redis", []).append((after[1] - before[1]) / n * 1e6)
+    return rate
+
+
+class RssSampler:
+    """Peak resident set size (MiB) of named processes, sampled every 0.2 s while running."""
+
+    def __init__(self) -> None:
+        self.pids: dict[str, int] = {}
+        self.peak: dict[str, float] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def watch(self, name: str, pid: int | None) -> None:
+        if pid is not None:
+            self.pids[name] = pid
+
+    @staticmethod
+    def rss_mib(pid: int) -> float | None:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    async def _run(self) -> None:
+        while True:
+            for name, pid in self.pids.items():
+                mib = self.rss_mib(pid)
+                if mib is not None:
+                    self.peak[name] = max(self.peak.get(name, 0.0), mib)
+            await asyncio.sleep(0.2)
+
+    def __enter__(self) -> RssSampler:
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def wait_for_members(s: CommonSettings, group: str, members: int, timeout_s: float) -> None:
+    """Until the consumer group has `members` members with partitions assigned (a second
+    router joined and the group rebalanced)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    await admin.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            described = await admin.describe_consumer_groups([group])
+            groups = described[0].groups if described else []
+            state = groups[0][2] if groups else ""
+            joined = len(groups[0][5]) if groups else 0
+            if state == "Stable" and joined >= members:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"group {group}: {joined} members, state {state!r}")
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
 
 
 def median_range(xs: list[float]) -> tuple[float, float, float]:
@@ -209,51 +318,122 @@ async def collect_latency(
     return out
 
 
-async def latency_pair(s: CommonSettings, rate: int, seconds: float) -> dict[str, list[float]]:
-    count = int(rate * seconds)
-    say(f"latency at {rate}/s for {seconds:.0f} s: through the router …")
+async def latency_of(
+    s: CommonSettings, topic: str, out_topic: str, rate: int, seconds: float, run: int
+) -> list[float]:
+    """Publish notifications at `rate` to `topic` for `seconds`; publish→arrival on
+    `out_topic` of each (its `data.sent_at`)."""
     collector = asyncio.create_task(
         collect_latency(
-            s,
-            s.topics.dispatch(DISPATCH_CHANNEL),
-            count,
-            lambda v: orjson.loads(v)["data"].get("sent_at"),
+            s, out_topic, int(rate * seconds), lambda v: orjson.loads(v)["data"].get("sent_at")
         )
     )
     await asyncio.sleep(1.0)
-    await paced(s, s.topics.requested, rate, seconds, lambda i, t: notification(10_000_000 + i, t))
-    router = await collector
-    say("… and the broker alone")
-    collector = asyncio.create_task(collect_latency(s, LAT, count, lambda v: orjson.loads(v)["t"]))
+    await paced(s, topic, rate, seconds, lambda i, t: notification(i, t, run=run))
+    return await collector
+
+
+async def latencies(s: CommonSettings, rate: int, seconds: float) -> dict[str, list[float]]:
+    say(f"latency at {rate}/s for {seconds:.0f} s: through the router …")
+    router = await latency_of(
+        s, s.topics.requested, s.topics.dispatch(DISPATCH_CHANNEL), rate, seconds, LATENCY_RUN
+    )
+    say("… through the raw pass-through (the same two broker hops, no state) …")
+    stop = asyncio.Event()
+    loop = asyncio.create_task(
+        raw_loop(s, LAT_IN, LAT_OUT, "bench-lat-raw", lambda _: stop.is_set())
+    )
+    try:
+        await publish(s, LAT_IN, 1, lambda i: notification(i, run=LATENCY_RUN + 1))
+        await span_of(s, LAT_OUT, 1, 60)  # the loop has joined its group and passes records
+        raw = await latency_of(s, LAT_IN, LAT_OUT, rate, seconds, LATENCY_RUN + 2)
+    finally:
+        stop.set()
+        await loop
+    say("… and the broker alone (one hop)")
+    collector = asyncio.create_task(
+        collect_latency(s, LAT, int(rate * seconds), lambda v: orjson.loads(v)["t"])
+    )
     await asyncio.sleep(1.0)
     await paced(s, LAT, rate, seconds, lambda i, t: orjson.dumps({"i": i, "t": t}))
     broker = await collector
-    return {"router": router, "broker": broker}
+    return {"router": router, "raw": raw, "broker": broker}
 
 
 def table(
-    n: int, raws: list[float], routeds: list[float], lat: dict[str, list[float]], rate: int
+    n: int,
+    raws: list[float],
+    routeds: list[float],
+    twos: list[float],
+    lat: dict[str, list[float]],
+    rate: int,
+    rss: dict[str, float],
+    cpu: dict[str, list[float]],
 ) -> str:
     ms = {k: (percentile(v, 0.5) * 1000, percentile(v, 0.99) * 1000) for k, v in lat.items()}
-    raw, raw_lo, raw_hi = median_range(raws)
-    routed, r_lo, r_hi = median_range(routeds)
-    ratios = sorted(r / w for r, w in zip(routeds, raws, strict=True))
-    return "\n".join(
-        [
-            f"| measure (N={n}, median of {len(raws)} runs [min–max], {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}) | value |",
-            "|---|---|",
+    rows = [
+        f"| measure (N={n}, median of {len(raws)} runs [min–max], {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}) | value |",
+        "|---|---|",
+    ]
+    routed = 0.0
+    if raws:
+        raw, raw_lo, raw_hi = median_range(raws)
+        routed, r_lo, r_hi = median_range(routeds)
+        ratios = sorted(r / w for r, w in zip(routeds, raws, strict=True))
+        rows += [
             f"| raw aiokafka consume→JSON→produce | {raw:,.0f} events/s "
             f"[{raw_lo:,.0f}–{raw_hi:,.0f}] |",
-            f"| router, full state handling (requested → Redis → dispatch) "
-            f"| {routed:,.0f} events/s [{r_lo:,.0f}–{r_hi:,.0f}] |",
-            f"| ratio router / raw (run by run) | {ratios[len(ratios) // 2]:.2f} "
+            "| router, full state handling and the cn rules (requested → ledger, Redis → "
+            f"dispatch) | {routed:,.0f} events/s [{r_lo:,.0f}–{r_hi:,.0f}] |",
+            f"| ratio router / raw (run by run; target ≥ 0.5) | {ratios[len(ratios) // 2]:.2f} "
             f"[{ratios[0]:.2f}–{ratios[-1]:.2f}] |",
-            f"| publish→dispatch latency at {rate}/s through the router, p50 / p99 | "
-            f"{ms['router'][0]:.0f} / {ms['router'][1]:.0f} ms |",
-            f"| broker produce→consume latency at {rate}/s, p50 / p99 | "
-            f"{ms['broker'][0]:.0f} / {ms['broker'][1]:.0f} ms |",
         ]
+    if cpu:
+        used = ", ".join(f"{name} {median_range(us)[0]:.0f}" for name, us in cpu.items())
+        rows.append(f"| CPU per routed event (µs, median of the runs) | {used} |")
+    if twos:
+        two, t_lo, t_hi = median_range(twos)
+        rows += [
+            f"| two router processes, same group ({len(twos)} runs) | {two:,.0f} events/s "
+            f"[{t_lo:,.0f}–{t_hi:,.0f}] |",
+            f"| two routers / one (target ≥ 1.4) | {two / routed:.2f} |" if routed else "",
+        ]
+    rows += [
+        f"| publish→dispatch latency at {rate}/s through the router, p50 / p99 | "
+        f"{ms['router'][0]:.0f} / {ms['router'][1]:.0f} ms |",
+        f"| the same two hops through the raw pass-through at {rate}/s, p50 / p99 | "
+        f"{ms['raw'][0]:.0f} / {ms['raw'][1]:.0f} ms |",
+        f"| router p99 − raw p99 (target ≤ 25 ms) | {ms['router'][1] - ms['raw'][1]:.0f} ms |",
+        f"| broker produce→consume latency at {rate}/s (one hop), p50 / p99 | "
+        f"{ms['broker'][0]:.0f} / {ms['broker'][1]:.0f} ms |",
+    ]
+    if rss:
+        peaks = ", ".join(f"{name} {mib:,.0f}" for name, mib in rss.items())
+        rows.append(f"| peak resident memory (RSS, MiB) under load | {peaks} |")
+    return "\n".join(row for row in rows if row)
+
+
+def router_service(
+    s: CommonSettings, name: str, log: Path, origin_s: float, signing_keys: str
+) -> Service:
+    return Service(
+        "router",
+        log,
+        env={
+            "TONGDA_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "TONGDA_REDIS_URL": s.redis_url,
+            "TONGDA_LOG_LEVEL": "WARNING",
+            "TONGDA_API_TOKEN": "bench",
+            "TONGDA_SIGNING_KEYS": signing_keys,  # internal topics are signed
+            "TONGDA_POLICY_PRESET": "cn",  # every event judged by the contact rules
+            "TONGDA_CLOCK_START": BENCH_CLOCK.isoformat(),
+            "TONGDA_CLOCK_ORIGIN_EPOCH_S": repr(origin_s),
+            # simulated time 20× slower than real: no step timeout (90 s) comes due during the
+            # bench, so later rounds do not also carry the timeouts of earlier ones
+            "TONGDA_TIME_SCALE": "20",
+            "TONGDA_KAFKA_CLIENT_ID": name,
+        },
     )
 
 
@@ -262,42 +442,52 @@ async def main_async(args: argparse.Namespace) -> str:
     broker, redis = Broker(run / "broker.log"), RedisServer(run / "redis.log")
     broker.start()
     redis.start()
-    router: Service | None = None
+    routers: list[Service] = []
     try:
         s = CommonSettings(kafka_bootstrap=broker.bootstrap, redis_url=redis.url)
         await broker.create_topics(s)
         admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
         await admin.start()
-        names = [f"{t}.{k}" for k in range(args.runs) for t in (RAW_IN, RAW_OUT)] + [LAT]
+        names = [f"{t}.{k}" for k in range(args.runs) for t in (RAW_IN, RAW_OUT)]
+        names += [LAT, LAT_IN, LAT_OUT]
         await admin.create_topics([NewTopic(t, s.kafka_topic_partitions, 1) for t in names])
         await admin.close()
         say("starting the router …")
-        router = Service(
-            "router",
-            run / "router.log",
-            env={
-                "TONGDA_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-                "TONGDA_REDIS_URL": s.redis_url,
-                "TONGDA_LOG_LEVEL": "WARNING",
-                "TONGDA_API_TOKEN": "bench",
-                "TONGDA_SIGNING_KEYS": json.dumps({"bench": secrets.token_urlsafe(32)}),
-                "TONGDA_POLICY_PRESET": "cn",  # every event judged by the contact rules
-                "TONGDA_CLOCK_START": BENCH_CLOCK.isoformat(),
-                "TONGDA_CLOCK_ORIGIN_EPOCH_S": repr(time.time()),
-            },
-        )
-        await router.start(ready_timeout=90)
+        origin_s = time.time()
+        keys = json.dumps({"bench": secrets.token_urlsafe(32)})  # one signing key per run
+        routers.append(router_service(s, "tongda-bench-1", run / "router.log", origin_s, keys))
+        await routers[0].start(ready_timeout=90)
+        rss = RssSampler()
+        rss.watch("router", routers[0].pid)
+        rss.watch("Redis", redis.pid)
+        rss.watch("broker", broker.pid)
         raws: list[float] = []
         routeds: list[float] = []
+        cpu: dict[str, list[float]] = {}
         for k in range(args.runs):  # side by side, alternating, on the same broker
             say(f"run {k + 1}/{args.runs}: raw pass-through of {args.n} events …")
             raws.append(await raw_passthrough(s, args.n, k))
-            routeds.append(await router_rate(s, router, args.n, k))
+            with rss:
+                routeds.append(await router_rate(s, routers, args.n, k, redis.pid, cpu))
             say(f"run {k + 1}: raw {raws[-1]:,.0f}/s, router {routeds[-1]:,.0f}/s")
-        lat = await latency_pair(s, args.rate, args.seconds)
-        return table(args.n, raws, routeds, lat, args.rate)
+        with rss:
+            lat = await latencies(s, args.rate, args.seconds)
+        twos: list[float] = []
+        if args.scale_runs:
+            say("starting a second router process in the same group …")
+            routers.append(
+                router_service(s, "tongda-bench-2", run / "router-2.log", origin_s, keys)
+            )
+            await routers[1].start(ready_timeout=90)
+            rss.watch("router 2", routers[1].pid)
+            await wait_for_members(s, RouterSettings(api_token="bench").consumer_group, 2, 120)
+            for j in range(args.scale_runs):
+                with rss:
+                    twos.append(await router_rate(s, routers, args.n, args.runs + j))
+                say(f"two routers: {twos[-1]:,.0f}/s")
+        return table(args.n, raws, routeds, twos, lat, args.rate, rss.peak, cpu)
     finally:
-        if router is not None:
+        for router in routers:
             await router.stop()
         await broker.stop()
         await redis.stop()
@@ -307,7 +497,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", "20000")))
     p.add_argument("--runs", type=int, default=3, help="throughput runs (median reported)")
-    p.add_argument("--rate", type=int, default=1000)
+    p.add_argument("--scale-runs", type=int, default=3, help="runs with two routers (0: none)")
+    p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--markdown", type=Path, help="also write the table into this file")
     args = p.parse_args()

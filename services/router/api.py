@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from services.router.inquiries import InquiryDesk
 from services.router.intake import MessageNeeds, check_request
@@ -143,7 +144,11 @@ def state_view(state: NotificationState) -> dict[str, Any]:
 
 async def get_notification(request: web.Request) -> web.Response:
     nid = request.match_info["id"]
-    raw = await request.app[REDIS].hget(request.app[KEYS].state(nid), "s")
+    key = request.app[KEYS].state(nid)
+    try:
+        raw = await request.app[REDIS].get(key)
+    except ResponseError:  # a state written before states were strings (a hash: v, s)
+        raw = await request.app[REDIS].hget(key, "s")
     if raw is None:
         return json_error(404, "not_found", f"no notification with id {nid!r}")
     state = decode_state(raw if isinstance(raw, bytes) else raw.encode())

@@ -33,6 +33,7 @@ from services.router.policy import ContactPolicy
 from services.router.scheduler import Scheduler
 from shared.config import RouterSettings
 from shared.errors import InvalidEvent
+from shared.gctune import freeze_now
 from shared.http import redis_check, server_options
 from shared.kafka import make_consumer, make_producer, send_deadletter
 from shared.redis import make_redis
@@ -102,6 +103,7 @@ class RouterService(mode.Service):
         await self.runner.setup()
         await web.TCPSite(self.runner, s.http_host, s.http_port).start()
         await self.consumer.start()
+        freeze_now()  # what start-up allocated stays out of the collector's way
         self.loop_task = asyncio.create_task(self._run_loop(), name="router-batch-loop")
         log.info("router started", extra={"http_port": s.http_port})
 

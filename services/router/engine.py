@@ -37,12 +37,13 @@ from services.router.observe import observe
 from services.router.outbox import Outbox, OutRecord
 from services.router.packing import Pending, merge, pack, writes_ledger
 from services.router.push_filter import without_dead_tokens
-from services.router.state import NotificationState, decode_state
+from services.router.state import NotificationState
 from services.router.store import Store
 from shared.clock import Clock
 from shared.config import RouterSettings
 from shared.contract.models import AttemptOutcome, CustomerProfile
 from shared.errors import InvalidEvent
+from shared.gctune import gc_paused
 from shared.health import Watchdog, consumer_lag
 from shared.kafka import Batch, Record, send_deadletter
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
@@ -103,25 +104,60 @@ class RouterEngine:
     async def run(self, consumer: AIOKafkaConsumer, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished and committed."""
         self.watchdog.lag = lambda: consumer_lag(consumer)
-        while not stopping.is_set():
-            batch: Batch = await consumer.getmany(timeout_ms=200)
-            if not batch:
-                self.watchdog.nothing_fetched()
-                continue
-            self.watchdog.batch_started(sum(len(msgs) for msgs in batch.values()))
-            async with self.batch_lock:
-                await self.process_until_done(batch, consumer.assignment())
-            # Outside the lock: a commit refused by a rebalance only means redelivery, which
-            # the state versions turn into no-ops.
-            await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
-            self.watchdog.batch_done()
+        # A batch's records are acknowledged and its offsets committed while the next batch
+        # is fetched and processed (two broker round trips fewer on each batch's path, which
+        # is the latency of the records waiting for it); the offsets only after the records;
+        # each commit is awaited before the next one starts, and the last before return.
+        commit: asyncio.Task[None] | None = None
+        try:
+            while not stopping.is_set():
+                batch: Batch = await consumer.getmany(timeout_ms=200)
+                if not batch:
+                    self.watchdog.nothing_fetched()
+                    if self.outbox.failed():  # raised and retried (with recovery) as before
+                        async with self.batch_lock:
+                            await self.process_until_done({}, consumer.assignment())
+                        self.watchdog.batch_done()
+                    continue
+                self.watchdog.batch_started(sum(len(msgs) for msgs in batch.values()))
+                async with self.batch_lock:
+                    await self.process_until_done(batch, consumer.assignment())
+                # Outside the lock: a commit refused by a rebalance only means redelivery,
+                # which the state versions turn into no-ops.
+                if commit is not None:
+                    done, commit = commit, None
+                    await done
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                commit = asyncio.create_task(self._commit(consumer, offsets, self.outbox.in_flight))
+                self.watchdog.batch_done()
+        finally:
+            if commit is not None:
+                await commit
+            await self.outbox.flush()
+
+    @staticmethod
+    async def _commit(
+        consumer: AIOKafkaConsumer,
+        offsets: dict[TopicPartition, int],
+        sending: asyncio.Task[None] | None,
+    ) -> None:
+        """Commit a batch's offsets once its records are acknowledged. If sending them failed,
+        nothing is committed: the next `Outbox.start_send` raises the error and the batch
+        loop retries with recovery (`process_until_done`), as when the send was awaited."""
+        if sending is not None:
+            try:
+                await sending
+            except Exception:
+                return
+        await consumer.commit(offsets)
 
     async def process_until_done(self, batch: Batch, assigned: Iterable[TopicPartition]) -> None:
         """Process a batch; on Redis/Kafka errors recover the outbox and try again, backing
         off (the watchdog logs a repeated failure at a bounded rate and flips readiness)."""
         while True:
             try:
-                await self.process(batch)
+                with gc_paused():  # the batch's objects live until it is done (gctune.py)
+                    await self.process(batch)
                 return
             except Exception as exc:
                 await asyncio.sleep(self.watchdog.failed(exc))
@@ -152,7 +188,7 @@ class RouterEngine:
             records += [(p.input_tp, r) for r in p.records]
             observe(p)
         await asyncio.gather(
-            self.outbox.send(records),
+            self.outbox.start_send(records),  # acknowledged while the next batch is processed
             *(
                 send_deadletter(self.outbox.producer, self.settings, m, e, self.service)
                 for m, e in intake.dead
@@ -193,43 +229,59 @@ class RouterEngine:
         owner = {m.decode(): cid for cid, ms in zip(erased, members, strict=True) for m in ms}
         nids = list(owner)
         todo: list[tuple[Pending, str]] = []
-        for nid, (v, raw) in zip(nids, await self.store.read_states(nids), strict=True):
-            if v is None or raw is None:
+        for nid, state in zip(nids, await self.store.read_states(nids), strict=True):
+            if state is None:
                 continue
-            state = decode_state(raw)
+            version = state.v
             fx = self.machine.on_erase(state, now)
             if fx is not None:
-                todo.append((self._pack(erased[owner[nid]], state, fx, int(v), {}, now), nid))
+                todo.append((self._pack(erased[owner[nid]], state, fx, version, {}, now), nid))
         # A transition that lost a race (code 0) is erased all the same, without a status.
         return [p for p, _, code in await self._apply(todo) if code == 1]
 
     async def _requests(self, intake: Intake, now: Datetime) -> list[Pending]:
         cids = list({r.customer_id for _, _, r in intake.requests})
+        todo = intake.requests
+
+        def ledger_cids() -> list[str]:
+            return sorted(
+                {
+                    r.customer_id
+                    for _, _, r in todo
+                    if self.machine.needs_ledger(r.type, r.category or "")
+                }
+            )
+
+        # the profiles, the borrowers' controls and the first round's ledgers in one round trip
+        first = ledger_cids()
         keys = self.store.keys
-        raw_profiles, *raw_controls = await self.store.run(
-            [pack_command("MGET", *[keys.profile(c) for c in cids]), *controls_commands(keys, cids)]
-        )
-        controls = parse_controls(cids, raw_controls)
+        commands = [
+            pack_command("MGET", *[keys.profile(c) for c in cids]),
+            *controls_commands(keys, cids),
+        ]
+        if first:
+            commands.append(self.store.ledgers_command(first, now.timestamp()))
+        replies = await self.store.run(commands)
         profiles = {
             c: CustomerProfile.model_validate_json(v) if v else None
-            for c, v in zip(cids, raw_profiles, strict=True)
+            for c, v in zip(cids, replies[0], strict=True)
         }
+        controls = parse_controls(cids, replies[1 : 1 + len(cids)])
+        read: dict[str, LedgerView] | None = (
+            self.store.parse_ledgers(first, replies[1 + len(cids)]) if first else {}
+        )
         # push tokens found dead are left out until the profile changes (push_filter.py)
         todo, profiles = await without_dead_tokens(
-            self.store, self.settings, self.machine.plans, intake.requests, profiles
+            self.store, self.settings, self.machine.plans, todo, profiles
         )
         applied: list[Pending] = []
         for _ in range(MAX_CONFLICT_ROUNDS):
             if not todo:
                 return applied
-            ledgers = await self._ledgers(
-                {
-                    r.customer_id
-                    for _, _, r in todo
-                    if self.machine.needs_ledger(r.type, r.category or "")
-                },
-                now,
-            )
+            if read is None:
+                ledgers = await self.store.read_ledgers(ledger_cids(), now.timestamp())
+            else:
+                ledgers, read = read, None
             versions = {cid: lv.version for cid, lv in ledgers.items()}
 
             def transitions(
@@ -263,11 +315,11 @@ class RouterEngine:
                 return applied
             nids = list(groups)
             states: dict[str, tuple[int, NotificationState]] = {}
-            for nid, (v, raw) in zip(nids, await self.store.read_states(nids), strict=True):
-                if v is None or raw is None:
+            for nid, state in zip(nids, await self.store.read_states(nids), strict=True):
+                if state is None:
                     STALE_EVENTS.labels(reason="unknown_notification").inc(len(groups[nid]))
                     continue
-                states[nid] = (int(v), decode_state(raw))
+                states[nid] = (state.v, state)
             controls = await read_controls(
                 self.redis, self.store.keys, sorted({st.customer_id for _, st in states.values()})
             )
@@ -392,7 +444,7 @@ class RecoveringListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.engine.batch_lock:  # waits for the in-flight batch to be cleared
-            return None
+            await self.engine.outbox.flush()  # its records on the broker before the next owner
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.engine.batch_lock:

@@ -9,6 +9,10 @@ seconds it happened. Kinds:
   answered counts against "answered" caps, so two processes can never both take the last slot;
 * `answered` the attempt ended `delivered` (a conversation took place).
 
+The ledger's version is kept in the same sorted set, as the member `#v` with the version,
+negated, as its score: contacts are at epoch seconds (≥ 0), so no read or prune by time ever
+meets it, and writing the contacts and the new version is one ZADD.
+
 A transition that *decided* with the ledger carries the ledger version it read; apply.lua
 refuses it (code 2) if any other transition wrote the ledger since, and the engine decides
 again with the new ledger. A transition that writes the ledger bumps its version in the same
@@ -20,9 +24,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 import orjson
 
 LedgerKind = str  # "attempt" | "inflight" | "answered"
+VERSION_MEMBER = "#v"  # the ledger's version (score: minus the version); not JSON
 
 
 def member(channel: str, kind: LedgerKind, debt: str, attempt_id: str) -> str:
@@ -30,8 +36,7 @@ def member(channel: str, kind: LedgerKind, debt: str, attempt_id: str) -> str:
     return orjson.dumps([channel, kind, debt, attempt_id]).decode()
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True, gc=False):
     channel: str
     kind: LedgerKind
     debt: str

@@ -46,7 +46,7 @@ def timer_member(
     return orjson.dumps([kind, customer_id, notification_id, leg, att]).decode()
 
 
-@dataclass
+@dataclass(slots=True)
 class Effects:
     """What a transition asks the engine to do, all or nothing with the new state."""
 

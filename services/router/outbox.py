@@ -18,12 +18,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata, TopicPartition
 from redis.asyncio import Redis
 
 from services.router.store import Keys
 from shared.config import CommonSettings
+from shared.kafka import key_partition
 from shared.resp import execute, pack
 from shared.signing import Signer, internal_topics
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 EFFECT_HEADER = "tongda-effect"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutRecord:
     effect_id: str
     topic: str
@@ -76,28 +76,78 @@ class Outbox:
         self.settings = settings
         self.output_topics = list(output_topics)
         self._partitions: dict[str, list[int]] = {}
-        self._partitioner = DefaultPartitioner()
         self.signer = Signer.from_settings(settings)  # dispatches are signed (shared/signing.py)
         self._signed = internal_topics(settings.topics)
+        self._sending: asyncio.Task[None] | None = None  # the last records being sent
+        self._clearing: asyncio.Task[None] | None = None  # the last batch's clean-up
 
     async def send(self, records: Sequence[tuple[TopicPartition, OutRecord]]) -> None:
-        """Produce records (each noted in the outbox of its input partition), then clear them.
+        """Produce records and wait until the broker acknowledged them all (`start_send`)."""
+        await self.start_send(records)
+        await self.sent()
+
+    async def start_send(
+        self, records: Sequence[tuple[TopicPartition, OutRecord]]
+    ) -> asyncio.Task[None]:
+        """Start producing records (each noted in the outbox of its input partition) once the
+        records of the previous call are acknowledged, so records leave in the order they were
+        produced. Returns the task that ends when these are acknowledged: the caller commits
+        its input offsets after it (the router processes its next batch meanwhile)."""
+        await self.sent()
+        task = asyncio.create_task(self._send(list(records)))
+        self._sending = task
+        return task
+
+    @property
+    def in_flight(self) -> asyncio.Task[None] | None:
+        """The task sending the records of the last `start_send`, until `sent` is awaited."""
+        return self._sending
+
+    def failed(self) -> bool:
+        """Whether the last records' sending ended in an error (`sent` raises it)."""
+        task = self._sending
+        return (
+            task is not None
+            and task.done()
+            and not task.cancelled()
+            and (task.exception() is not None)
+        )
+
+    async def sent(self, raise_errors: bool = True) -> None:
+        """Wait until the records of the last `start_send` are acknowledged."""
+        task, self._sending = self._sending, None
+        if task is None:
+            return
+        try:
+            await task
+        except Exception:
+            if raise_errors:
+                raise
+            log.warning("sending the outbox failed; recovery checks the entries", exc_info=True)
+
+    async def flush(self) -> None:
+        """Wait for everything in flight: records being sent, then their clean-up."""
+        await self.sent(raise_errors=False)
+        await self.settled(raise_errors=False)
+
+    async def _send(self, pending: list[tuple[TopicPartition, OutRecord]]) -> None:
+        """Produce until every record is acknowledged; then clear them from the outbox (in
+        the background: `settled` waits for it).
 
         Records go out as one producer batch per output partition (the default partitioner's
         choice, murmur2 of the key, as Kafka's Java clients do); a batch that is not
         acknowledged is sent again, alone, until it is.
         """
-        pending = list(records)
+        await self.settled()
         delay_s = 0.2
+        acked: list[tuple[tuple[TopicPartition, OutRecord], Written]] = []
         while pending:
             results = await self._produce_batched([r for _, r in pending])
-            sent = [
+            acked += [
                 (p, res)
                 for p, res in zip(pending, results, strict=True)
                 if isinstance(res, Written)
             ]
-            if sent:
-                await self._clear([p for p, _ in sent], [w for _, w in sent])
             failed = [
                 (p, e) for p, e in zip(pending, results, strict=True) if not isinstance(e, Written)
             ]
@@ -111,18 +161,43 @@ class Outbox:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
             pending = [p for p, _ in failed]
+        if acked:
+            # Clearing the acknowledged records from the outbox waits for nobody: it runs
+            # while the next batch is processed (its records are on the broker; were the
+            # router to stop first, recovery would find them there and not send them again).
+            clear = self._clear([p for p, _ in acked], [w for _, w in acked])
+            self._clearing = asyncio.create_task(clear)
+
+    async def settled(self, raise_errors: bool = True) -> None:
+        """Wait until the outbox entries of the last acknowledged records are cleared."""
+        task, self._clearing = self._clearing, None
+        if task is None:
+            return
+        try:
+            await task
+        except Exception:
+            if raise_errors:
+                raise
+            log.warning("outbox clean-up failed; recovery checks the entries", exc_info=True)
 
     async def _partition(self, topic: str, key: bytes) -> int:
         parts = self._partitions.get(topic)
         if parts is None:
             parts = sorted(await self.producer.partitions_for(topic))
             self._partitions[topic] = parts
-        return int(self._partitioner(key, parts, parts))
+        return parts[key_partition(key, len(parts))]
 
     async def _produce_batched(self, records: Sequence[OutRecord]) -> list[Written | BaseException]:
         by_tp: dict[tuple[str, int], list[int]] = {}
+        known = self._partitions
         for i, r in enumerate(records):
-            by_tp.setdefault((r.topic, await self._partition(r.topic, r.key)), []).append(i)
+            parts = known.get(r.topic)
+            partition = (
+                parts[key_partition(r.key, len(parts))]
+                if parts
+                else await self._partition(r.topic, r.key)
+            )
+            by_tp.setdefault((r.topic, partition), []).append(i)
         futures: list[tuple[asyncio.Future[RecordMetadata], list[int]]] = []
         for (topic, partition), indices in by_tp.items():
             batch, members = self.producer.create_batch(), list[int]()
@@ -181,6 +256,7 @@ class Outbox:
 
     async def recover(self, inputs: Iterable[TopicPartition]) -> int:
         """Before consuming `inputs`: resend what their outbox holds and the broker lacks."""
+        await self.flush()  # what this process still had in flight goes first
         inputs = list(inputs)
         if not inputs:
             return 0

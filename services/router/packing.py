@@ -16,7 +16,7 @@ from services.router.store import Keys, Transition
 from shared.config import Topics
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A computed transition waiting for its Lua call, with what to do once applied."""
 

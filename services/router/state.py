@@ -3,6 +3,8 @@
 msgspec Structs rather than pydantic models: they are built and serialised once or more per
 event on the hot path, and the values in them were validated on the way in. Structs that hold
 no containers are not tracked by the garbage collector (`gc=False`: they cannot form cycles).
+Fields at their default are left out of the JSON (`omit_defaults`; decoding restores them):
+the state is written to Redis on every transition, and half of it was defaults.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ Phase = Literal["dispatched", "retry_wait", "final"]
 Status = Literal["pending", "delivered", "failed", "expired", "suppressed"]
 
 
-class Leg(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+class Leg(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=True):
     """One address to try on one channel: a plan step expands into one or more legs."""
 
     step: int
@@ -38,7 +40,7 @@ class Leg(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     template: str | None = None  # notices: the message to send (e.g. missed_call)
 
 
-class AttemptEntry(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+class AttemptEntry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=True):
     leg: int
     attempt: int
     channel: Channel
@@ -49,7 +51,7 @@ class AttemptEntry(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     detail: str | None = None
 
 
-class PolicyContext(msgspec.Struct, kw_only=True, frozen=True):
+class PolicyContext(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """What contact policy needs from the profile, captured when the notification starts."""
 
     opted_out_channels: list[Channel] = msgspec.field(default_factory=list)
@@ -63,7 +65,8 @@ class PolicyContext(msgspec.Struct, kw_only=True, frozen=True):
     hold_until: float | None = None  # a hardship hold on collection (epoch s)
 
 
-class NotificationState(msgspec.Struct, kw_only=True):
+class NotificationState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    # the version, first: the stored JSON opens with `{"v":<n>,` and apply.lua checks it there
     v: int = 0
     id: str
     customer_id: str

@@ -1,15 +1,16 @@
 """The router's Redis layout and its atomic operations (Lua, called by EVALSHA).
 
 Keys (prefix `tongda:` by default):
-  n:{notification_id}      hash v (version), s (state JSON)        expires after retention
+  n:{notification_id}      the state JSON, which opens with its version `{"v":<n>,`
+                           (apply.lua checks it)                   expires after retention
   cn:{customer_id}         set of the customer's notification ids  (for erasure)
   tl:{customer_id}         list of comms.record JSON, newest first (timeline)
   profile:{customer_id}    customer.profile/v1 JSON as last received
   timers                   zset member → due epoch seconds (the durable scheduler)
   outbox:{topic}:{part}    hash effect id → record not yet acknowledged by the broker
   outpos:{topic}:{part}    hash out-topic:partition → offset to scan from on recovery
-  led:{customer_id}        zset: the frequency ledger (services/router/ledger.py)
-  ledv:{customer_id}       the ledger's version, bumped by every write
+  led:{customer_id}        zset: the frequency ledger and its version
+                           (services/router/ledger.py)
   ctl:{customer_id}        hash: the borrower's own preferences (`pref:<channel>` →
                            `<state>|<epoch s>`) and a hardship hold (`hold` →
                            `<until epoch s>|<inquiry id>`) (services/router/controls.py)
@@ -30,16 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from services.router.ledger import LedgerView
-from shared.resp import Arg, Stream, execute, pack
+from services.router.ledger import VERSION_MEMBER, LedgerView
+from services.router.state import NotificationState, decode_state
+from shared.resp import Arg, Stream, execute, pack, pack_bytes
 
 _LUA = Path(__file__).with_name("lua")
 _SCRIPTS = ("apply", "read", "erase", "claim", "release", "ledger")
-_MSGPACK = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,6 @@ class Keys:
     def ledger(self, customer_id: str) -> str:
         return f"{self.prefix}led:{customer_id}"
 
-    def ledger_version(self, customer_id: str) -> str:
-        return f"{self.prefix}ledv:{customer_id}"
-
     def controls(self, customer_id: str) -> str:
         return f"{self.prefix}ctl:{customer_id}"
 
@@ -97,7 +94,7 @@ class Keys:
         return f"{self.prefix}inqtimers"
 
 
-@dataclass
+@dataclass(slots=True)
 class Transition:
     """Everything one notification's transition writes, applied by apply.lua in one call."""
 
@@ -172,44 +169,63 @@ class Store:
 
     def apply(self, chunk: Sequence[Transition]) -> bytes:
         """The packed EVALSHA of apply.lua for a chunk of transitions (one reply: a list of
-        1 applied / 0 not at the expected version, in order)."""
-        # Redis' cmsgpack reads msgpack str but not bin: bytes (UTF-8 JSON) go as str.
-        k = self.keys
-        payload = _MSGPACK.encode(
-            [
-                [
-                    t.expected_version,
-                    k.state(t.notification_id),
-                    t.state_json.decode(),
-                    k.customer_notifications(t.customer_id),
-                    t.notification_id,
-                    k.timeline(t.customer_id),
-                    t.outbox_key,
-                    [x for eid, blob in t.outbox for x in (eid, blob.decode())],
-                    [x for member, score in t.timers_add for x in (member, score)],
-                    t.timers_del,
-                    [entry.decode() for entry in t.timeline],
-                    k.ledger(t.customer_id),
-                    k.ledger_version(t.customer_id),
-                    t.ledger_read_version,
-                    [x for member, score in t.ledger_add for x in (member, score)],
-                    t.ledger_rem,
-                    t.ledger_prune_before,
-                    self.ledger_ttl_s,
-                ]
-                for t in chunk
-            ]
-        )
-        args: list[Arg] = [self.retention_s, self.timeline_max, payload]
-        return self._packed("apply", [self.keys.timers], args)
+        1 applied / 0 not at the expected version / 2 the ledger changed, in order).
 
-    async def read_states(self, ids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
-        """(version, state JSON) of each notification, None where unknown; one round trip."""
+        Flat arguments, all bytes (see apply.lua for the layout): the hot path's biggest
+        command, packed with `pack_bytes`."""
+        k = self.keys
+        prune = min((t.ledger_prune_before for t in chunk), default=0.0)
+        args: list[bytes] = [
+            b"EVALSHA",
+            self._sha["apply"].encode(),
+            b"1",
+            k.timers.encode(),
+            b"%d" % self.retention_s,
+            b"%d" % self.timeline_max,
+            b"%d" % self.ledger_ttl_s,
+            repr(prune).encode(),
+            k.state("").encode(),
+            k.customer_notifications("").encode(),
+            k.timeline("").encode(),
+            k.ledger("").encode(),
+            VERSION_MEMBER.encode(),
+        ]
+        add = args.append
+        for t in chunk:
+            add(b"%d" % t.expected_version)
+            add(t.notification_id.encode())
+            add(t.customer_id.encode())
+            add(t.state_json)
+            add(t.outbox_key.encode())
+            add(b"%d" % (2 * len(t.outbox)))
+            for eid, blob in t.outbox:
+                add(eid.encode())
+                add(blob)
+            add(b"%d" % (2 * len(t.timers_add)))
+            for member, score in t.timers_add:
+                add(repr(score).encode())
+                add(member.encode())
+            add(b"%d" % len(t.timers_del))
+            args += [m.encode() for m in t.timers_del]
+            add(b"%d" % len(t.timeline))
+            args += t.timeline
+            add(b"%d" % t.ledger_read_version)
+            add(b"%d" % (2 * len(t.ledger_add)))
+            for member, score in t.ledger_add:
+                add(repr(score).encode())
+                add(member.encode())
+            add(b"%d" % len(t.ledger_rem))
+            args += [m.encode() for m in t.ledger_rem]
+        return pack_bytes(args)
+
+    async def read_states(self, ids: Sequence[str]) -> list[NotificationState | None]:
+        """The state of each notification (its version is `v`), None where unknown; one
+        round trip."""
         if not ids:
             return []
         keys = [self.keys.state(i) for i in ids]
-        (flat,) = await self.run([self._packed("read", [], keys)])
-        return [(flat[i] or None, flat[i + 1] or None) for i in range(0, len(flat), 2)]
+        (raws,) = await self.run([self._packed("read", [], keys)])
+        return [decode_state(raw) if raw else None for raw in raws]
 
     async def read_ledgers(
         self, customer_ids: Sequence[str], now_s: float
@@ -217,15 +233,23 @@ class Store:
         """The frequency ledger of each customer (entries within the horizon); one trip."""
         if not customer_ids:
             return {}
-        args: list[Arg] = [f"{now_s - self.ledger_horizon_s:.3f}"]
-        for cid in customer_ids:
-            args += [self.keys.ledger(cid), self.keys.ledger_version(cid)]
-        (flat,) = await self.run([self._packed("ledger", [], args)])
+        (flat,) = await self.run([self.ledgers_command(customer_ids, now_s)])
+        return self.parse_ledgers(customer_ids, flat)
+
+    def ledgers_command(self, customer_ids: Sequence[str], now_s: float) -> bytes:
+        """The packed EVALSHA of ledger.lua for `customer_ids` (to pipeline with others)."""
+        args: list[Arg] = [f"{now_s - self.ledger_horizon_s:.3f}", VERSION_MEMBER]
+        args += [self.keys.ledger(cid) for cid in customer_ids]
+        return self._packed("ledger", [], args)
+
+    @staticmethod
+    def parse_ledgers(customer_ids: Sequence[str], flat: list[Any]) -> dict[str, LedgerView]:
+        """ledger.lua's reply for `customer_ids`, as a view per customer."""
         out = {}
         for n, cid in enumerate(customer_ids):
             version, entries = flat[2 * n], flat[2 * n + 1]
             pairs = [(entries[i], float(entries[i + 1])) for i in range(0, len(entries), 2)]
-            out[cid] = LedgerView.parse(int(version) if version else 0, pairs)
+            out[cid] = LedgerView.parse(-int(float(version)) if version else 0, pairs)
         return out
 
     def erase_customer(self, customer_id: str) -> bytes:
@@ -236,7 +260,6 @@ class Store:
             k.timeline(customer_id),
             k.customer_notifications(customer_id),
             k.ledger(customer_id),
-            k.ledger_version(customer_id),
             k.controls(customer_id),
         ]
         return self._packed("erase", keys, [k.state("")])

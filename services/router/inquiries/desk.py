@@ -39,7 +39,6 @@ from services.router.inquiries.records import inbound_record
 from services.router.intents import Classification, Classifier, respond_by_delta
 from services.router.machine import timer_member
 from services.router.policy.hardship import HardshipHoldConfig
-from services.router.state import decode_state
 from services.router.store import Store
 from shared.clock import Clock
 from shared.config import RouterSettings
@@ -391,10 +390,9 @@ class InquiryDesk:
         nids = [_s(n) for n in members]
         now = self.clock.epoch_s()
         woken = {}
-        for _, raw in await self.store.read_states(nids):
-            if raw is None:
+        for st in await self.store.read_states(nids):
+            if st is None:
                 continue
-            st = decode_state(raw)
             if st.final or st.phase != "retry_wait" or st.category not in self.hold.categories:
                 continue
             woken[timer_member("retry", st.customer_id, st.id, st.leg, st.attempt)] = now
@@ -502,10 +500,9 @@ class InquiryDesk:
         members = await self.redis.smembers(self.keys.customer_notifications(cid))
         nids = [_s(n) for n in members]
         best: tuple[datetime, dict[str, Any]] | None = None
-        for _, raw in await self.store.read_states(nids):
-            if raw is None:
+        for st in await self.store.read_states(nids):
+            if st is None:
                 continue
-            st = decode_state(raw)
             figures = {k: st.data[k] for k in FIGURES if st.data.get(k) is not None}
             if figures and (best is None or st.occurred_at > best[0]):
                 best = (st.occurred_at, figures)

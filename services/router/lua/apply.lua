@@ -1,74 +1,118 @@
 -- Apply a chunk of notification transitions; each one atomically (the whole chunk is).
--- Every key name comes from Python (services/router/store.py `Keys`): none is built here.
+-- Every key name comes from Python (services/router/store.py `Keys`): none is spelled here;
+-- per-customer and per-notification keys are the prefixes passed in ARGV joined to an id.
 -- KEYS: 1 timers zset
--- ARGV: 1 retention seconds, 2 timeline max records,
---       3 msgpack list of transitions, each (positions):
---         1 expected version (0 = must not exist), 2 state key, 3 state json,
---         4 customer's notification set key, 5 notification id, 6 timeline key,
---         7 outbox key, 8 outbox {id, blob, ...}, 9 timer adds {member, score, ...},
---         10 timer deletes {member, ...}, 11 timeline entries {json, ...},
---         12 ledger key, 13 ledger version key, 14 ledger version the decision read
---            (-1: the decision did not read the ledger), 15 ledger adds {member, score, ...},
---         16 ledger removes {member, ...}, 17 ledger prune-before score, 18 ledger ttl seconds
+-- ARGV: 1 retention seconds, 2 timeline max records, 3 ledger ttl seconds,
+--       4 ledger prune-before score, key prefixes: 5 state, 6 customer's notification set,
+--       7 timeline, 8 ledger; 9 the ledger's version member (ledger.py, scored minus the
+--       version); then each transition as a run of arguments
+--       (store.py `Store.apply`), a list being its length (number of values) then its values:
+--         expected version (0 = must not exist), notification id, customer id, state json,
+--         outbox key, outbox {id, blob, ...}, timer adds {score, member, ...},
+--         timer deletes {member, ...}, timeline entries {json, ...},
+--         ledger version the decision read (-1: the decision did not read the ledger),
+--         ledger adds {score, member, ...}, ledger removes {member, ...}
 -- Returns a list: 1 applied; 0 state not at the expected version; 2 the ledger changed since
 -- it was read (decide again). Every check runs before the first write of its transition.
+-- (Flat arguments rather than one msgpack blob: cmsgpack.unpack cost Redis ~20 µs per
+-- transition, more than all of the writes below; see docs/performance.md.)
 local retention = tonumber(ARGV[1])
 local tlmax = tonumber(ARGV[2])
-local items = cmsgpack.unpack(ARGV[3])
+local ttl = tonumber(ARGV[3])
+local prune_before = ARGV[4]
+local P_STATE, P_CN, P_TL, P_LED, VERSION = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local STEP = 500 -- at most this many values per variadic call (Lua's stack is bounded)
 
-local function each_chunk(list, width, fn)
-  local n = #list
-  local i = 1
-  while i <= n do
-    local j = math.min(n, i + STEP * width - 1)
-    fn(i, j)
+-- redis.call(cmd, key, ARGV[a..b]) in calls of at most STEP * width values
+local function variadic(cmd, key, a, b, width)
+  local i = a
+  while i <= b do
+    local j = math.min(b, i + STEP * width - 1)
+    redis.call(cmd, key, unpack(ARGV, i, j))
     i = j + 1
   end
 end
 
+-- whether the state at skey is at version `expected` (0: no state)
+-- the ledger's version (0: none yet)
+local function ledger_version(lkey)
+  return -(tonumber(redis.call('ZSCORE', lkey, VERSION)) or 0)
+end
+
+local function state_at(skey, expected)
+  local cur = redis.pcall('GET', skey)
+  -- a state written before states were strings (a hash: v, s); SET below replaces it
+  if type(cur) == 'table' and cur.err then cur = redis.call('HGET', skey, 's') end
+  if expected == 0 then return not cur end
+  return cur ~= false and tonumber(string.match(cur, '^{"v":(%d+)')) == expected
+end
+
 local results = {}
-for i, t in ipairs(items) do
-  local expected, skey = t[1], t[2]
-  local ok = 1
-  local cur = redis.call('HGET', skey, 'v')
-  if expected == 0 then
-    if cur then ok = 0 end
-  elseif (not cur) or tonumber(cur) ~= expected then
+local p = 10
+local n = 0
+local last = #ARGV
+while p <= last do
+  local expected = tonumber(ARGV[p])
+  local nid, cid, sjson, obkey = ARGV[p + 1], ARGV[p + 2], ARGV[p + 3], ARGV[p + 4]
+  local skey = P_STATE .. nid
+  p = p + 5
+  -- the lists: [start, end] of each run of values
+  local ob_a = p + 1; p = ob_a + tonumber(ARGV[p]); local ob_b = p - 1
+  local ta_a = p + 1; p = ta_a + tonumber(ARGV[p]); local ta_b = p - 1
+  local td_a = p + 1; p = td_a + tonumber(ARGV[p]); local td_b = p - 1
+  local tl_a = p + 1; p = tl_a + tonumber(ARGV[p]); local tl_b = p - 1
+  local lread = tonumber(ARGV[p])
+  p = p + 1
+  local la_a = p + 1; p = la_a + tonumber(ARGV[p]); local la_b = p - 1
+  local lr_a = p + 1; p = lr_a + tonumber(ARGV[p]); local lr_b = p - 1
+
+  -- the state is its JSON, which opens with its version: {"v":<n>,... (state.py)
+  local ok
+  local lkey = P_LED .. cid
+  if lread >= 0 and ledger_version(lkey) ~= lread then
+    ok = state_at(skey, expected) and 2 or 0 -- a state that moved on answers 0 first
+  elseif expected == 0 then
+    -- check and write in one: only if no notification has this id yet
+    ok = redis.call('SET', skey, sjson, 'EX', retention, 'NX') and 1 or 0
+  elseif state_at(skey, expected) then
+    redis.call('SET', skey, sjson, 'EX', retention)
+    ok = 1
+  else
     ok = 0
   end
-  if ok == 1 and t[14] >= 0 then
-    local lv = tonumber(redis.call('GET', t[13]) or '0')
-    if lv ~= t[14] then ok = 2 end
-  end
   if ok == 1 then
-    local outbox, adds, dels, timeline = t[8], t[9], t[10], t[11]
-    local ladds, lrems = t[15], t[16]
-    redis.call('HSET', skey, 'v', expected + 1, 's', t[3])
-    redis.call('EXPIRE', skey, retention)
-    each_chunk(outbox, 2, function(a, b) redis.call('HSET', t[7], unpack(outbox, a, b)) end)
-    for j = 1, #adds, 2 do redis.call('ZADD', KEYS[1], adds[j + 1], adds[j]) end
-    each_chunk(dels, 1, function(a, b) redis.call('ZREM', KEYS[1], unpack(dels, a, b)) end)
-    if #timeline > 0 then
-      each_chunk(timeline, 1, function(a, b) redis.call('LPUSH', t[6], unpack(timeline, a, b)) end)
-      redis.call('LTRIM', t[6], 0, tlmax - 1)
-      redis.call('EXPIRE', t[6], retention)
+    variadic('HSET', obkey, ob_a, ob_b, 2)
+    variadic('ZADD', KEYS[1], ta_a, ta_b, 2)
+    variadic('ZREM', KEYS[1], td_a, td_b, 1)
+    if tl_b >= tl_a then
+      local tlkey = P_TL .. cid
+      variadic('LPUSH', tlkey, tl_a, tl_b, 1)
+      redis.call('LTRIM', tlkey, 0, tlmax - 1)
+      redis.call('EXPIRE', tlkey, retention)
     end
     if expected == 0 then
-      redis.call('SADD', t[4], t[5])
-      redis.call('EXPIRE', t[4], retention)
+      local cnkey = P_CN .. cid
+      redis.call('SADD', cnkey, nid)
+      redis.call('EXPIRE', cnkey, retention)
     end
-    if #ladds > 0 or #lrems > 0 then
-      for j = 1, #ladds, 2 do redis.call('ZADD', t[12], ladds[j + 1], ladds[j]) end
-      each_chunk(lrems, 1, function(a, b) redis.call('ZREM', t[12], unpack(lrems, a, b)) end)
-      redis.call('EXPIRE', t[12], t[18])
-      -- prune entries older than every cap window on every 16th write (reads skip them)
-      if redis.call('INCR', t[13]) % 16 == 1 then
-        redis.call('ZREMRANGEBYSCORE', t[12], '-inf', '(' .. t[17])
+    if la_b >= la_a or lr_b >= lr_a then
+      -- the contacts and the new version in one ZADD (unless the list is very long)
+      local v = (lread >= 0 and lread or ledger_version(lkey)) + 1
+      if la_b - la_a < STEP * 2 then
+        redis.call('ZADD', lkey, -v, VERSION, unpack(ARGV, la_a, la_b))
+      else
+        redis.call('ZADD', lkey, -v, VERSION)
+        variadic('ZADD', lkey, la_a, la_b, 2)
       end
-      redis.call('EXPIRE', t[13], t[18])
+      variadic('ZREM', lkey, lr_a, lr_b, 1)
+      -- prune contacts older than every cap window on every 16th write (reads skip them)
+      if v % 16 == 0 then
+        redis.call('ZREMRANGEBYSCORE', lkey, 0, '(' .. prune_before)
+      end
+      redis.call('EXPIRE', lkey, ttl)
     end
   end
-  results[i] = ok
+  n = n + 1
+  results[n] = ok
 end
 return results

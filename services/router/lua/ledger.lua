@@ -1,8 +1,9 @@
--- Read customers' frequency ledgers. ARGV: 1 oldest score wanted, then pairs
--- (ledger key, ledger version key). Returns per customer {version or false, {member, score, ...}}.
+-- Read customers' frequency ledgers. ARGV: 1 oldest score wanted, 2 the version member
+-- (ledger.py `VERSION_MEMBER`, scored minus the version), then ledger keys.
+-- Returns per customer {minus the version or false, {member, score, ...}}.
 local out = {}
-for j = 2, #ARGV, 2 do
-  out[#out + 1] = redis.call('GET', ARGV[j + 1]) or false
+for j = 3, #ARGV do
+  out[#out + 1] = redis.call('ZSCORE', ARGV[j], ARGV[2]) or false
   out[#out + 1] = redis.call('ZRANGEBYSCORE', ARGV[j], ARGV[1], '+inf', 'WITHSCORES')
 end
 return out

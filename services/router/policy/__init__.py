@@ -15,11 +15,10 @@ each a small class with a typed config; a new rule is its module, its config fie
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from services.router.policy.base import ALLOW, Contact, Gate, Verdict, Window
+from services.router.policy.base import ALLOW, ALLOW_READ, Contact, Gate, Verdict, Window
 from services.router.policy.business_hours import BusinessHours
 from services.router.policy.config import PolicyConfig, load_policy_config, preset_path
 from services.router.policy.frequency import FrequencyCaps
@@ -80,8 +79,10 @@ class ContactPolicy:
         caps = self.caps.applicable(c)
         if not caps:
             return ALLOW
-        verdict = self.caps.check(c, now, caps) or ALLOW
-        return replace(verdict, read_ledger=True)
+        verdict = self.caps.check(c, now, caps)
+        if verdict is None:
+            return ALLOW_READ
+        return Verdict(verdict.action, verdict.rule, verdict.until, read_ledger=True)
 
     def _windows(self, c: Contact, now: datetime) -> tuple[datetime | None, str | None]:
         """(the instant every applicable window is open, the first rule that closed it);

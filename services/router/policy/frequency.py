@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from services.router.policy.base import Contact, LegKind, RuleConfig, Verdict, parse_duration_s
-from services.router.policy.localtime import local_day_bounds
+from services.router.policy.localtime import local_day_bounds_s
 from shared.contract.models import Category, Channel, Priority
 
 
@@ -67,20 +67,26 @@ class FrequencyCaps:
         self.channels: frozenset[Channel] = frozenset(
             ch for cap in config.caps for ch in cap.channels
         )
+        # (channel, category, kind, priority) → the caps that apply (a handful of keys)
+        self._applicable: dict[tuple[str, str, str, str], list[CapConfig]] = {}
         # How far back the ledger must be read and kept.
         self.horizon_s = max(
             [cap.window_s() for cap in config.caps] + [self.inflight_ttl_s], default=0.0
         )
 
     def applicable(self, c: Contact) -> list[CapConfig]:
-        return [
-            cap
-            for cap in self.config.caps
-            if c.channel in cap.channels
-            and c.category in cap.categories
-            and c.kind in cap.kinds
-            and c.priority not in cap.bypass_priorities
-        ]
+        key = (c.channel, c.category, c.kind, c.priority)
+        caps = self._applicable.get(key)
+        if caps is None:
+            caps = self._applicable[key] = [
+                cap
+                for cap in self.config.caps
+                if c.channel in cap.channels
+                and c.category in cap.categories
+                and c.kind in cap.kinds
+                and c.priority not in cap.bypass_priorities
+            ]
+        return caps
 
     def check(
         self, c: Contact, now: datetime, caps: list[CapConfig] | None = None
@@ -92,14 +98,15 @@ class FrequencyCaps:
         ledger = c.ledger
         if ledger is None:  # the engine reads the ledger for every contact a cap may watch
             raise RuntimeError("frequency caps need the customer's ledger")
+        if not ledger.entries:
+            return None  # nothing counted: every limit is at least 1
         now_s = now.timestamp()
         day: tuple[float, float] | None = None
         for cap in caps:
             debt = c.debt if cap.per == "debt" else None
             if cap.window == "local_day":
                 if day is None:
-                    start, end = local_day_bounds(now, c.tz)
-                    day = (start.timestamp(), end.timestamp())
+                    day = local_day_bounds_s(now, c.tz)
                 since_s, until_s = day
             else:
                 since_s, until_s = now_s - self._window_s[cap.rule], float("inf")

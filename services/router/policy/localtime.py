@@ -155,3 +155,13 @@ def local_day_bounds(t: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     """[local midnight, next local midnight) around `t`."""
     day = t.astimezone(tz).date()
     return at_local(day, 0, tz), at_local(day, 1440, tz)
+
+
+def local_day_bounds_s(t: datetime, tz: ZoneInfo) -> tuple[float, float]:
+    """`local_day_bounds` as epoch seconds, computed once per zone and local day."""
+    return _day_bounds_s(t.astimezone(tz).date(), tz)
+
+
+@lru_cache(maxsize=4096)
+def _day_bounds_s(day: date, tz: ZoneInfo) -> tuple[float, float]:
+    return at_local(day, 0, tz).timestamp(), at_local(day, 1440, tz).timestamp()

@@ -1,0 +1,104 @@
+"""What the router's hot-path shortcuts rely on (docs/performance.md): the partition a cached
+murmur2 picks, the state JSON opening with its version (apply.lua reads it there), the state
+written without its defaults, and the collector paused only inside a batch."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+from datetime import UTC, datetime
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from services.router.ledger import VERSION_MEMBER, LedgerView
+from services.router.state import AttemptEntry, Leg, NotificationState, decode_state, encode_state
+from shared.gctune import gc_paused
+from shared.kafka import key_partition
+
+NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+
+
+def test_key_partition_is_the_default_partitioners_choice() -> None:
+    default = DefaultPartitioner()
+    rng = random.Random(7)
+    for _ in range(2000):
+        key = os.urandom(rng.randrange(0, 40))
+        n = rng.randrange(1, 64)
+        parts = list(range(n))
+        assert key_partition(key, n) == default(key, parts, parts)
+
+
+def state(**kw: object) -> NotificationState:
+    leg = Leg(
+        step=0,
+        channel="voice",
+        address="+8613800000001",
+        timeout_s=90.0,
+        max_attempts=3,
+        retry_delay_s=1.0,
+    )
+    values: dict[str, object] = {
+        "v": 12,
+        "id": "n1",
+        "customer_id": "c1",
+        "type": "overdue_notice",
+        "category": "collection",
+        "priority": "normal",
+        "locale": "zh-CN",
+        "occurred_at": NOW,
+        "received_at": NOW,
+        "legs": [leg],
+    }
+    values.update(kw)
+    return NotificationState(**values)  # type: ignore[arg-type]
+
+
+def test_the_state_json_opens_with_its_version_and_leaves_defaults_out() -> None:
+    s = state()
+    raw = encode_state(s)
+    assert raw.startswith(b'{"v":12,')  # apply.lua: string.match(cur, '^{"v":(%d+)')
+    assert b'"phase"' not in raw and b'"attempts"' not in raw and b'"kind"' not in raw
+    assert decode_state(raw) == s
+    moved = state(
+        phase="final",
+        status="failed",
+        attempts=[
+            AttemptEntry(
+                leg=0,
+                attempt=1,
+                channel="voice",
+                recipient="+86138****0001",
+                outcome="busy",
+                at=NOW,
+            )
+        ],
+    )
+    assert decode_state(encode_state(moved)) == moved
+
+
+def test_the_ledger_version_member_is_never_a_contact() -> None:
+    view = LedgerView.parse(3, [(VERSION_MEMBER, -3.0), ('["voice","attempt","L1","n:0:1"]', 5.0)])
+    assert [(e.channel, e.kind, e.debt, e.attempt_id) for e in view.entries] == [
+        ("voice", "attempt", "L1", "n:0:1")
+    ]
+
+
+def test_gc_paused_restores_the_collector_as_it_was() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    try:
+        with gc_paused():
+            raise RuntimeError("a failed batch")
+    except RuntimeError:
+        pass
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # it was off: it stays off
+    finally:
+        gc.enable()
