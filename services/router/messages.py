@@ -59,8 +59,10 @@ class CommsRecord(msgspec.Struct, kw_only=True):
     tier: Literal["urgent", "high", "normal"] | None = None
 
 
-class Attempt(msgspec.Struct, kw_only=True):
-    """One entry of notification.status/v1 `attempts`."""
+class Attempt(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One entry of notification.status/v1 `attempts`: the one definition of an attempt in
+    the router (the state's `AttemptEntry` extends it with its leg and attempt number; the
+    contract's pydantic `models.Attempt` is checked against it by test_router_machine)."""
 
     channel: Channel
     recipient: str | None

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from services.router.messages import Attempt
 from shared.contract.models import Category, Channel, Outcome, Priority
 
 Phase = Literal["dispatched", "retry_wait", "final"]
@@ -40,15 +41,12 @@ class Leg(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=Tru
     template: str | None = None  # notices: the message to send (e.g. missed_call)
 
 
-class AttemptEntry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=True):
+class AttemptEntry(Attempt, kw_only=True, frozen=True, gc=False, omit_defaults=True):
+    """An attempt as the state keeps it: the status entry (messages.Attempt) and which leg
+    and attempt of the plan it was."""
+
     leg: int
     attempt: int
-    channel: Channel
-    recipient: str | None  # masked
-    outcome: Outcome
-    at: datetime
-    provider: str | None = None
-    detail: str | None = None
 
 
 class PolicyContext(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
