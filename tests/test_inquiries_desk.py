@@ -235,6 +235,7 @@ async def test_hardship_escalates_urgent_holds_collection_and_resolution_resumes
         ("请给我回电话", "sms", "high", "callback_request"),
         ("", "voice", "high", "callback_request"),  # a missed inbound call
         ("DTMF 2: call back requested", "voice", "high", "callback_request"),
+        ("还款日是哪天？", "push", "normal", "due_date"),  # no replies by app: an agent answers
     ],
 )
 async def test_escalations_by_tier(
@@ -247,7 +248,9 @@ async def test_escalations_by_tier(
         (esc,) = await r.take(t.escalated)
     e = value(esc)
     assert (e["tier"], e["intent"], e["channel"]) == (tier, intent, channel)
-    delta = timedelta(minutes=15) if tier == "urgent" else timedelta(hours=2)
+    delta = {"urgent": timedelta(minutes=15), "high": timedelta(hours=2)}.get(
+        tier, timedelta(hours=24)
+    )
     assert datetime.fromisoformat(e["respond_by"]) == NOW + delta
 
 

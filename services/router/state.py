@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from services.router.messages import Attempt
-from shared.contract.models import Category, Channel, Outcome, Priority
+from shared.contract.models import Category, Channel, Priority
 
 Phase = Literal["dispatched", "retry_wait", "final"]
 Status = Literal["pending", "delivered", "failed", "expired", "suppressed"]

@@ -188,27 +188,29 @@ class InquiryDesk:
         respond_by = inq.received_at + respond_by_delta(tier)
         fields["respond_by"] = _now_iso(respond_by)
         template = STANDARD_REPLIES.get(c.intent)
-        if tier == "normal" and cid is None:
+        answerable = inq.channel in REPLY_CHANNELS  # no replies by voice or app (escalated)
+        if tier == "normal" and cid is None and answerable:
             await self._message("reply.generic", inq, cid, locale, {})
             await self._escalate(inq, cid, c, tier, respond_by, fields)
             return "answered: reply.generic; escalated: normal"
-        if tier == "normal" and template is not None:
-            figures = await self._figures(cid) if cid else {}
+        if tier == "normal" and cid is not None and template is not None and answerable:
+            figures = await self._figures(cid)
             if self._renders(template, inq.channel, locale, figures):
                 fields["reply"] = await self._message(template, inq, cid, locale, figures) or ""
                 return f"answered: {template}"
+        held = c.intent == "hardship" and cid is not None and self.hold.enabled
+        if held:  # first, so that no collection contact starts while the rest is done
+            assert cid is not None
+            until = inq.received_at + timedelta(seconds=self.hold.max_hold_s)
+            await self.redis.hset(
+                self.keys.controls(cid), HOLD_FIELD, hold_value(until.timestamp(), inq.id)
+            )
         await self._escalate(inq, cid, c, tier, respond_by, fields)
         data = {"respond_by": _now_iso(respond_by), "inquiry_id": inq.id}
         if profile is not None and profile.timezone:
             data["timezone"] = profile.timezone
         fields["reply"] = await self._message("reply.escalated", inq, cid, locale, data) or ""
-        if c.intent == "hardship" and cid is not None and self.hold.enabled:
-            until = inq.received_at + timedelta(seconds=self.hold.max_hold_s)
-            await self.redis.hset(
-                self.keys.controls(cid), HOLD_FIELD, hold_value(until.timestamp(), inq.id)
-            )
-            return f"escalated: {tier}; collection held"
-        return f"escalated: {tier}"
+        return f"escalated: {tier}; collection held" if held else f"escalated: {tier}"
 
     async def _escalate(
         self,
