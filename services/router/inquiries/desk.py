@@ -152,6 +152,9 @@ class InquiryDesk:
             "intent": c.intent,
             "tier": c.tier or "",
         }
+        # stored before anything goes out: a resolution that follows the escalation at once
+        # finds the inquiry (its `decision` is written last: what marks it handled)
+        await self._save(key, cid, fields)
         if c.intent in ("opt_out", "opt_in"):
             decision = await self._preference_keyword(inq, cid, c, locale, fields)
         elif survey_of is not None:
