@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import signal
 import sys
 import time
@@ -35,6 +37,13 @@ from aiokafka.structs import TopicPartition
 from shared.clock import Clock
 from shared.config import CommonSettings, RouterSettings, Topics
 from shared.masking import scrub
+from tools.conversations import (
+    CONVERSATIONS,
+    ConversationResult,
+    Endpoints,
+    conversations_summary,
+    run_conversations,
+)
 from tools.devstack import DEFAULT_RUN_DIR, DevstackError, Stack
 from tools.scenarios import (
     DEMO_START,
@@ -134,12 +143,14 @@ class DemoResult:
     deadletters: tuple[DeadLetterResult, ...]
     seen: Seen
     seconds: float
+    conversations: tuple[ConversationResult, ...] = ()  # tools/conversations.py, when played
 
     @property
     def ok(self) -> bool:
         return (
             all(n.ok for n in self.notifications)
             and all(d.ok for d in self.deadletters)
+            and all(c.ok for c in self.conversations)
             and not self.seen.stray
         )
 
@@ -446,10 +457,46 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
             f"  XX {result.seen.stray} other record(s) of this run: a status for an invalid "
             "event, or a valid event dead-lettered"
         )
-    passed = sum(n.ok for n in result.notifications) + sum(d.ok for d in result.deadletters)
-    total = len(result.notifications) + len(result.deadletters)
+    if result.conversations:
+        lines += conversations_summary(result.conversations)
+    checks: list[Any] = [*result.notifications, *result.deadletters, *result.conversations]
+    passed, total = sum(c.ok for c in checks), len(checks)
     lines += ["", f"{'PASS' if result.ok else 'FAIL'}: {passed}/{total} as expected"]
     return "\n".join(lines)
+
+
+async def with_conversations(
+    result: DemoResult,
+    bootstrap: str,
+    endpoints: Endpoints,
+    clock: Clock,
+    scenarios: Sequence[Scenario],
+    say: Print | None = _say,
+) -> DemoResult:
+    """After the notifications: play the conversations of borrowers whose profiles this run
+    published (tools/conversations.py) and add them to the result."""
+    names = {s.name for s in scenarios}
+    talks = [c for c in CONVERSATIONS if c.sender is None or c.sender in names]
+    played = await run_conversations(
+        bootstrap, endpoints, result.run_id, clock=clock, conversations=talks, say=say
+    )
+    return dataclasses.replace(result, conversations=played)
+
+
+def stack_endpoints(stack: Stack) -> Endpoints:
+    """The demo stack's sms and voice services (their /sandbox/inbound) and router API."""
+    urls = {name: stack.service(name).url for name in ("sms", "voice")}
+    return Endpoints(urls, stack.router_url, stack.api_token)
+
+
+def env_endpoints() -> Endpoints | None:
+    """The same from `make up`'s environment (.run/env); None when it does not say."""
+    env = os.environ
+    names = ("TONGDA_SMS_URL", "TONGDA_VOICE_URL", "TONGDA_ROUTER_URL", "TONGDA_API_TOKEN")
+    if not all(env.get(n) for n in names):
+        return None
+    urls = {"sms": env["TONGDA_SMS_URL"], "voice": env["TONGDA_VOICE_URL"]}
+    return Endpoints(urls, env["TONGDA_ROUTER_URL"], env["TONGDA_API_TOKEN"])
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -462,14 +509,20 @@ async def _main(args: argparse.Namespace) -> int:
         rules = clock.start == DEMO_START
         if not rules:
             _say("the stack's clock does not start at the demo's 22:30: rule scenarios skipped")
+        scenarios = SCENARIOS + RULES if rules else SCENARIOS
         result = await run_demo(
             args.bootstrap,
             deadline_s=args.deadline,
             settle_s=args.settle,
             linger_s=args.linger,
-            scenarios=SCENARIOS + RULES if rules else SCENARIOS,
+            scenarios=scenarios,
             clock=clock,
         )
+        endpoints = env_endpoints()
+        if endpoints is None:
+            _say("no TONGDA_{SMS,VOICE,ROUTER}_URL / TONGDA_API_TOKEN: conversations skipped")
+        else:  # the stack must run the sandbox providers (their /sandbox/inbound)
+            result = await with_conversations(result, args.bootstrap, endpoints, clock, scenarios)
         print(summary(result, args.verbose))
         return 0 if result.ok else 1
     t0 = time.monotonic()
@@ -498,6 +551,10 @@ async def _main(args: argparse.Namespace) -> int:
             scenarios=SCENARIOS + RULES,
             clock=stack.clock(),
         )
+        if args.providers == "sandbox":  # real providers have no /sandbox/inbound
+            result = await with_conversations(
+                result, stack.bootstrap, stack_endpoints(stack), stack.clock(), SCENARIOS + RULES
+            )
         print(summary(result, args.verbose))
         _say("stopping the stack …")
     _say(f"done in {time.monotonic() - t0:.1f} s")
