@@ -140,3 +140,10 @@ def test_the_table_masks_every_phone() -> None:
         assert c.phone() not in text
         assert c.phone()[-4:] in text  # masked, still told apart
     assert "score 5" in text and "escalated L2" in text and "(+15 min)" in text
+
+
+def test_a_dead_lettered_record_of_the_conversation_fails_it() -> None:
+    c = conv("hardship")
+    talk, h = heard_for(c)
+    h.deadletters[c.customer_id(RUN) or ""] = ["unknown_inquiry"]
+    assert any("dead-lettered: unknown_inquiry" in p for p in problems(talk, h))

@@ -173,6 +173,7 @@ class Heard:
     preferences: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by customer
     messages: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # inquiry → nid
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by notification id
+    deadletters: dict[str, list[str]] = field(default_factory=dict)  # record key → errors
 
 
 @dataclass
@@ -222,11 +223,14 @@ def problems(talk: Talk, heard: Heard) -> list[str]:
         return ["no inbound record on the audit topic yet"]
     out: list[str] = []
     rec = own[0]
+    cid = c.customer_id(talk.run_id)
+    for key in sorted({iid, cid or iid}):
+        for error in heard.deadletters.get(key, []):
+            out.append(f"a record keyed {key} was dead-lettered: {error}")
     if (rec.get("intent"), rec.get("tier")) != (c.intent, c.tier):
         out.append(
             f"classified {rec.get('intent')}/{rec.get('tier')}, expected {c.intent}/{c.tier}"
         )
-    cid = c.customer_id(talk.run_id)
     if rec.get("customer_id") != cid:
         out.append(f"customer {rec.get('customer_id')!r}, expected {cid!r}")
     if c.held and "collection held" not in str(rec.get("decision")):
@@ -315,6 +319,7 @@ async def run_conversations(
         t.preferences,
         t.status,
         t.dispatch("sms"),
+        t.deadletter,
         bootstrap_servers=bootstrap,
         group_id=None,
         client_id=f"tongda-demo-talk-{run_id}",
@@ -388,7 +393,9 @@ async def _advance(
     c, iid = talk.conversation, talk.inquiry_id
     if c.score is None or iid is None:
         return
-    if not talk.resolved and heard.escalations.get(iid):
+    # Resolve once the desk is done with it: its inbound record is published last (after the
+    # inquiry is stored), so the resolution cannot overtake it.
+    if not talk.resolved and heard.escalations.get(iid) and heard.records.get(iid):
         cid = c.customer_id(talk.run_id)
         resolved = {
             "schema": "inquiry.resolved/v1",
@@ -407,6 +414,11 @@ async def _advance(
 
 
 def _collect(rec: Any, t: Topics, talks: Sequence[Talk], heard: Heard) -> None:
+    if rec.topic == t.deadletter:  # e.g. the resolution, keyed by the customer id
+        key = rec.key.decode("utf-8", "replace") if rec.key else ""
+        errors = [v.decode("utf-8", "replace") for k, v in rec.headers or () if k == "error"]
+        heard.deadletters.setdefault(key, []).extend(errors or ["?"])
+        return
     try:
         value = orjson.loads(rec.value)
     except orjson.JSONDecodeError:
