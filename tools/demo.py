@@ -4,7 +4,9 @@
 publishes the customer profiles of tools/scenarios.py to `customers.profiles`, then their
 notification.requested/v1 events (and a few invalid ones) to `notifications.requested`,
 reads `notifications.status` and `notifications.deadletter` until every notification has
-its final status, prints a summary and stops everything, also on Ctrl-C or failure.
+its final status; then borrowers write back through the sandbox's `/sandbox/inbound`
+(tools/conversations.py: replies, escalations, an opt-out, a survey and its score). It prints
+a summary and stops everything, also on Ctrl-C or failure.
 
 `--providers local` (`make demo PROVIDERS=local`) runs the channels' real providers
 (SMPP, SMTP, FCM HTTP v1, SIP) against local peers started with the stack instead of the
@@ -12,7 +14,9 @@ sandbox (tools/devstack/peers.py); the scenarios and the expected outcomes are t
 
 `--bootstrap HOST:PORT` runs the same script against a stack that is already up (e.g.
 `make up`; ids are unique per run). Exit status: 0 when every notification reached its
-expected final status exactly once and every invalid event was dead-lettered, else 1.
+expected final status exactly once, every invalid event was dead-lettered and every
+conversation went as expected (with `--bootstrap`, played when TONGDA_SMS_URL,
+TONGDA_VOICE_URL, TONGDA_ROUTER_URL and TONGDA_API_TOKEN are set, e.g. from .run/env), else 1.
 Phone numbers and emails are masked in everything printed.
 """
 
