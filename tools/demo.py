@@ -10,7 +10,8 @@ a summary and stops everything, also on Ctrl-C or failure.
 
 `--providers local` (`make demo PROVIDERS=local`) runs the channels' real providers
 (SMPP, SMTP, FCM HTTP v1, SIP) against local peers started with the stack instead of the
-sandbox (tools/devstack/peers.py); the scenarios and the expected outcomes are the same.
+sandbox (tools/devstack/peers.py); the scenarios and the expected outcomes are the same (the
+conversations, which need the sandbox's `/sandbox/inbound`, are not played).
 
 `--bootstrap HOST:PORT` runs the same script against a stack that is already up (e.g.
 `make up`; ids are unique per run). Exit status: 0 when every notification reached its
@@ -559,6 +560,8 @@ async def _main(args: argparse.Namespace) -> int:
             result = await with_conversations(
                 result, stack.bootstrap, stack_endpoints(stack), stack.clock(), SCENARIOS + RULES
             )
+        else:
+            _say("real providers have no /sandbox/inbound: conversations not played")
         print(summary(result, args.verbose))
         _say("stopping the stack …")
     _say(f"done in {time.monotonic() - t0:.1f} s")
