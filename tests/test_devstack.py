@@ -20,7 +20,14 @@ from redis.asyncio import Redis
 
 from shared.config import CommonSettings
 from shared.topics import topic_specs
-from tools.demo import demo_stack_options, run_demo, summary
+from tools.conversations import CONVERSATIONS
+from tools.demo import (
+    demo_stack_options,
+    run_demo,
+    stack_endpoints,
+    summary,
+    with_conversations,
+)
 from tools.devstack import (
     REPO_ROOT,
     Broker,
@@ -353,7 +360,9 @@ def _services_present() -> bool:
 async def test_demo_scenarios_end_to_end(stack_factory: Callable[..., Awaitable[Stack]]) -> None:
     """The demo's scripted scenarios on a full stack as `make demo` runs it (contact rules,
     simulated clock from 22:30 in Shanghai): every expected final status once, every
-    expected rule decision in the audit."""
+    expected rule decision in the audit; then the borrowers' conversations through
+    /sandbox/inbound, each with its expected intent, tier, reply, escalation, preference
+    and feedback (tools/conversations.py)."""
     stack = await stack_factory(**demo_stack_options())
     assert all(s.ready for s in stack.services.values())
     result = await run_demo(
@@ -363,6 +372,10 @@ async def test_demo_scenarios_end_to_end(stack_factory: Callable[..., Awaitable[
         scenarios=SCENARIOS + RULES,
         clock=stack.clock(),
     )
+    result = await with_conversations(
+        result, stack.bootstrap, stack_endpoints(stack), stack.clock(), SCENARIOS + RULES, None
+    )
+    assert len(result.conversations) == len(CONVERSATIONS)
     assert result.ok, summary(result, verbose=True)
     pids = [s.pid for s in stack.services.values()]
     await stack.stop()

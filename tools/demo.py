@@ -4,15 +4,20 @@
 publishes the customer profiles of tools/scenarios.py to `customers.profiles`, then their
 notification.requested/v1 events (and a few invalid ones) to `notifications.requested`,
 reads `notifications.status` and `notifications.deadletter` until every notification has
-its final status, prints a summary and stops everything, also on Ctrl-C or failure.
+its final status; then borrowers write back through the sandbox's `/sandbox/inbound`
+(tools/conversations.py: replies, escalations, an opt-out, a survey and its score). It prints
+a summary and stops everything, also on Ctrl-C or failure.
 
 `--providers local` (`make demo PROVIDERS=local`) runs the channels' real providers
 (SMPP, SMTP, FCM HTTP v1, SIP) against local peers started with the stack instead of the
-sandbox (tools/devstack/peers.py); the scenarios and the expected outcomes are the same.
+sandbox (tools/devstack/peers.py); the scenarios and the expected outcomes are the same (the
+conversations, which need the sandbox's `/sandbox/inbound`, are not played).
 
 `--bootstrap HOST:PORT` runs the same script against a stack that is already up (e.g.
 `make up`; ids are unique per run). Exit status: 0 when every notification reached its
-expected final status exactly once and every invalid event was dead-lettered, else 1.
+expected final status exactly once, every invalid event was dead-lettered and every
+conversation went as expected (with `--bootstrap`, played when TONGDA_SMS_URL,
+TONGDA_VOICE_URL, TONGDA_ROUTER_URL and TONGDA_API_TOKEN are set, e.g. from .run/env), else 1.
 Phone numbers and emails are masked in everything printed.
 """
 
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import signal
 import sys
 import time
@@ -35,6 +42,13 @@ from aiokafka.structs import TopicPartition
 from shared.clock import Clock
 from shared.config import CommonSettings, RouterSettings, Topics
 from shared.masking import scrub
+from tools.conversations import (
+    CONVERSATIONS,
+    ConversationResult,
+    Endpoints,
+    conversations_summary,
+    run_conversations,
+)
 from tools.devstack import DEFAULT_RUN_DIR, DevstackError, Stack
 from tools.scenarios import (
     DEMO_START,
@@ -134,12 +148,14 @@ class DemoResult:
     deadletters: tuple[DeadLetterResult, ...]
     seen: Seen
     seconds: float
+    conversations: tuple[ConversationResult, ...] = ()  # tools/conversations.py, when played
 
     @property
     def ok(self) -> bool:
         return (
             all(n.ok for n in self.notifications)
             and all(d.ok for d in self.deadletters)
+            and all(c.ok for c in self.conversations)
             and not self.seen.stray
         )
 
@@ -446,10 +462,46 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
             f"  XX {result.seen.stray} other record(s) of this run: a status for an invalid "
             "event, or a valid event dead-lettered"
         )
-    passed = sum(n.ok for n in result.notifications) + sum(d.ok for d in result.deadletters)
-    total = len(result.notifications) + len(result.deadletters)
+    if result.conversations:
+        lines += conversations_summary(result.conversations)
+    checks: list[Any] = [*result.notifications, *result.deadletters, *result.conversations]
+    passed, total = sum(c.ok for c in checks), len(checks)
     lines += ["", f"{'PASS' if result.ok else 'FAIL'}: {passed}/{total} as expected"]
     return "\n".join(lines)
+
+
+async def with_conversations(
+    result: DemoResult,
+    bootstrap: str,
+    endpoints: Endpoints,
+    clock: Clock,
+    scenarios: Sequence[Scenario],
+    say: Print | None = _say,
+) -> DemoResult:
+    """After the notifications: play the conversations of borrowers whose profiles this run
+    published (tools/conversations.py) and add them to the result."""
+    names = {s.name for s in scenarios}
+    talks = [c for c in CONVERSATIONS if c.sender is None or c.sender in names]
+    played = await run_conversations(
+        bootstrap, endpoints, result.run_id, clock=clock, conversations=talks, say=say
+    )
+    return dataclasses.replace(result, conversations=played)
+
+
+def stack_endpoints(stack: Stack) -> Endpoints:
+    """The demo stack's sms and voice services (their /sandbox/inbound) and router API."""
+    urls = {name: stack.service(name).url for name in ("sms", "voice")}
+    return Endpoints(urls, stack.router_url, stack.api_token)
+
+
+def env_endpoints() -> Endpoints | None:
+    """The same from `make up`'s environment (.run/env); None when it does not say."""
+    env = os.environ
+    names = ("TONGDA_SMS_URL", "TONGDA_VOICE_URL", "TONGDA_ROUTER_URL", "TONGDA_API_TOKEN")
+    if not all(env.get(n) for n in names):
+        return None
+    urls = {"sms": env["TONGDA_SMS_URL"], "voice": env["TONGDA_VOICE_URL"]}
+    return Endpoints(urls, env["TONGDA_ROUTER_URL"], env["TONGDA_API_TOKEN"])
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -462,14 +514,20 @@ async def _main(args: argparse.Namespace) -> int:
         rules = clock.start == DEMO_START
         if not rules:
             _say("the stack's clock does not start at the demo's 22:30: rule scenarios skipped")
+        scenarios = SCENARIOS + RULES if rules else SCENARIOS
         result = await run_demo(
             args.bootstrap,
             deadline_s=args.deadline,
             settle_s=args.settle,
             linger_s=args.linger,
-            scenarios=SCENARIOS + RULES if rules else SCENARIOS,
+            scenarios=scenarios,
             clock=clock,
         )
+        endpoints = env_endpoints()
+        if endpoints is None:
+            _say("no TONGDA_{SMS,VOICE,ROUTER}_URL / TONGDA_API_TOKEN: conversations skipped")
+        else:  # the stack must run the sandbox providers (their /sandbox/inbound)
+            result = await with_conversations(result, args.bootstrap, endpoints, clock, scenarios)
         print(summary(result, args.verbose))
         return 0 if result.ok else 1
     t0 = time.monotonic()
@@ -498,6 +556,12 @@ async def _main(args: argparse.Namespace) -> int:
             scenarios=SCENARIOS + RULES,
             clock=stack.clock(),
         )
+        if args.providers == "sandbox":  # real providers have no /sandbox/inbound
+            result = await with_conversations(
+                result, stack.bootstrap, stack_endpoints(stack), stack.clock(), SCENARIOS + RULES
+            )
+        else:
+            _say("real providers have no /sandbox/inbound: conversations not played")
         print(summary(result, args.verbose))
         _say("stopping the stack …")
     _say(f"done in {time.monotonic() - t0:.1f} s")
