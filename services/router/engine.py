@@ -43,7 +43,7 @@ from shared.clock import Clock
 from shared.config import RouterSettings
 from shared.contract.models import AttemptOutcome, CustomerProfile
 from shared.errors import InvalidEvent
-from shared.health import Watchdog, consumer_lag
+from shared.health import LagMeter, Watchdog
 from shared.kafka import Batch, Record, send_deadletter
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
 from shared.resp import pack as pack_command
@@ -102,9 +102,11 @@ class RouterEngine:
 
     async def run(self, consumer: AIOKafkaConsumer, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished and committed."""
-        self.watchdog.lag = lambda: consumer_lag(consumer)
+        lag = LagMeter(self.service, consumer)  # tongda_consumer_lag_records, after every fetch
+        self.watchdog.lag = lag.update
         while not stopping.is_set():
             batch: Batch = await consumer.getmany(timeout_ms=200)
+            await lag.update()
             if not batch:
                 self.watchdog.nothing_fetched()
                 continue
@@ -188,7 +190,7 @@ class RouterEngine:
     ) -> list[Pending]:
         keys = self.store.keys
         members = await self.store.run(
-            [pack_command("SMEMBERS", keys.customer_notifications(cid)) for cid in erased]
+            [pack_command("SMEMBERS", keys.customer_notifications(cid)) for cid in erased], "read"
         )
         owner = {m.decode(): cid for cid, ms in zip(erased, members, strict=True) for m in ms}
         nids = list(owner)
@@ -207,7 +209,11 @@ class RouterEngine:
         cids = list({r.customer_id for _, _, r in intake.requests})
         keys = self.store.keys
         raw_profiles, *raw_controls = await self.store.run(
-            [pack_command("MGET", *[keys.profile(c) for c in cids]), *controls_commands(keys, cids)]
+            [
+                pack_command("MGET", *[keys.profile(c) for c in cids]),
+                *controls_commands(keys, cids),
+            ],
+            "read",
         )
         controls = parse_controls(cids, raw_controls)
         profiles = {
@@ -377,7 +383,8 @@ class RouterEngine:
                 commands.append(self.store.apply([p.transition for p, _ in chunk]))
                 await stream.write(commands[-1:])
                 done += chunk
-            replies = await stream.replies()
+            # timed from the last write: for a batch of one chunk, apply.lua's round trip
+            replies = await self.store.meter.timed("apply", stream.replies())
         replies = await self.store.settle(commands, replies)
         codes = [int(r) for reply in replies for r in reply]
         return [(p, item, code) for (p, item), code in zip(done, codes, strict=True)]
