@@ -115,10 +115,6 @@ class LagSource(Protocol):
     async def position(self, tp: Any) -> int | None: ...
 
 
-async def _positions(consumer: LagSource, tps: Sequence[Any]) -> list[int | None]:
-    return [await consumer.position(tp) for tp in tps]
-
-
 async def lag_by_topic(consumer: LagSource, timeout_s: float = 0.5) -> dict[str, int] | None:
     """{topic: records waiting past the consumer's position, summed over its assigned
     partitions}, or None when that is unknown (no high-water mark yet, or a position being
@@ -128,7 +124,8 @@ async def lag_by_topic(consumer: LagSource, timeout_s: float = 0.5) -> dict[str,
     if any(h is None for h in highs):
         return None
     try:
-        positions = await asyncio.wait_for(_positions(consumer, tps), timeout_s)
+        async with asyncio.timeout(timeout_s):  # no task of its own: this runs every fetch
+            positions = [await consumer.position(tp) for tp in tps]
     except (TimeoutError, IllegalStateError):  # not ours any more, or no position yet
         return None
     out: dict[str, int] = {}
@@ -158,7 +155,7 @@ class LagMeter:
         self.service = service
         self.consumer = consumer
         self.topics = None if topics is None else frozenset(topics)
-        self._shown: set[str] = set()
+        self._gauges: dict[str, Any] = {}  # topic → its gauge child (labels() costs a lock)
 
     async def update(self) -> int | None:
         """Measure and publish; return the total lag (None when unknown). Never raises: a
@@ -172,11 +169,14 @@ class LagMeter:
             return None
         if self.topics is not None:
             by_topic = {t: n for t, n in by_topic.items() if t in self.topics}
-        for topic in self._shown - set(by_topic):
-            CONSUMER_LAG.labels(service=self.service, topic=topic).set(0)
+        for topic, gauge in self._gauges.items():
+            if topic not in by_topic:
+                gauge.set(0)
         for topic, n in by_topic.items():
-            CONSUMER_LAG.labels(service=self.service, topic=topic).set(n)
-        self._shown |= set(by_topic)
+            gauge = self._gauges.get(topic)
+            if gauge is None:
+                gauge = self._gauges[topic] = CONSUMER_LAG.labels(service=self.service, topic=topic)
+            gauge.set(n)
         return sum(by_topic.values())
 
 
