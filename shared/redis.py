@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -54,14 +54,24 @@ class RedisMeter:
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self._up = REDIS_UP.labels(service=service)
-        self._seconds = {
-            op: REDIS_SECONDS.labels(service=service, operation=op) for op in REDIS_OPERATIONS
-        }
+        # children made on first use: no series for an operation this service never runs,
+        # and no `up` before the first answer or error
+        self._up: Any = None
+        self._seconds: dict[str, Any] = {}
+
+    def _histogram(self, operation: str) -> Any:
+        histogram = self._seconds.get(operation)
+        if histogram is None:
+            if operation not in REDIS_OPERATIONS:
+                raise KeyError(f"not a Redis operation of shared.metrics: {operation!r}")
+            histogram = REDIS_SECONDS.labels(service=self.service, operation=operation)
+            self._seconds[operation] = histogram
+            self._up = REDIS_UP.labels(service=self.service)
+        return histogram
 
     async def timed(self, operation: str, call: Awaitable[T]) -> T:
         """Await one round trip (`call`), observing its duration under `operation`."""
-        histogram = self._seconds[operation]
+        histogram = self._histogram(operation)
         started = time.perf_counter()
         try:
             result = await call

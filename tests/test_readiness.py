@@ -238,6 +238,7 @@ async def test_redis_meter_times_round_trips_and_says_when_redis_is_gone(
     count = {"service": "tongda-redistest", "operation": "read"}
     up = {"service": "tongda-redistest"}
     try:
+        assert REGISTRY.get_sample_value("tongda_redis_up", up) is None  # nothing known yet
         assert await meter.timed("read", client.get("k")) is None
         assert REGISTRY.get_sample_value("tongda_redis_command_seconds_count", count) == 1.0
         assert REGISTRY.get_sample_value("tongda_redis_up", up) == 1.0
@@ -254,6 +255,8 @@ async def test_redis_meter_times_round_trips_and_says_when_redis_is_gone(
         assert REGISTRY.get_sample_value("tongda_redis_up", up) == 0.0
         # the error reply was a round trip too; the failed ping is not timed
         assert REGISTRY.get_sample_value("tongda_redis_command_seconds_count", count) == 2.0
+        unused = {"service": "tongda-redistest", "operation": "apply"}  # never run here
+        assert REGISTRY.get_sample_value("tongda_redis_command_seconds_count", unused) is None
     finally:
         await client.aclose()
         redis.stop_sync()
