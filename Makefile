@@ -27,7 +27,7 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
 	  | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
 
-deps: ## system packages: redis-server, sip-tester, espeak-ng, sox (apt-get, only when missing)
+deps: ## system packages: redis-server, sip-tester, espeak-ng, sox, prometheus (apt-get, only when missing)
 	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then \
 	  echo "redis-server not found: installing it with apt-get"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
@@ -36,6 +36,10 @@ deps: ## system packages: redis-server, sip-tester, espeak-ng, sox (apt-get, onl
 	  || ! command -v sox >/dev/null 2>&1; then \
 	  echo "sipp, espeak-ng or sox not found (SIP voice): installing them with apt-get"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y sip-tester espeak-ng sox; \
+	fi
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+	  echo "prometheus or promtool not found (rules, dashboards, /metrics checks): installing prometheus with apt-get"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
 	fi
 	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 	  echo "$(PYTHON) has no venv/ensurepip: installing python3-venv with apt-get"; \

@@ -10,7 +10,9 @@
 * `RateLimitedLog`: the same message at most once per `every_s` seconds, the next one saying
   how many were suppressed in between.
 * `consumer_lag(consumer)`: records waiting on the consumer's assigned partitions
-  (high-water mark minus position).
+  (high-water mark minus position); `lag_by_topic(consumer)` the same per topic.
+* `LagMeter`: keeps `tongda_consumer_lag_records{service, topic}` up to date; a consume loop
+  calls `update()` after every fetch (a batch or an empty one), so the gauge moves while idle.
 
 See docs/reliability.md ("Readiness").
 """
@@ -20,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence, Set
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 
 from shared.masking import scrub
-from shared.metrics import LOOP_STALLED
+from shared.metrics import CONSUMER_LAG, LOOP_STALLED
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +105,79 @@ class RateLimitedLog:
         self._seen.clear()
 
 
-async def consumer_lag(consumer: AIOKafkaConsumer, timeout_s: float = 0.5) -> int | None:
-    """Records waiting on the assigned partitions past the consumer's position, or None when
-    that is unknown (no high-water mark yet, or a position being reset by a rebalance)."""
-    total = 0
+class LagSource(Protocol):
+    """What lag needs of a consumer: aiokafka's AIOKafkaConsumer, or faust's app.consumer."""
+
+    def assignment(self) -> Set[Any]: ...
+
+    def highwater(self, tp: Any) -> int | None: ...
+
+    async def position(self, tp: Any) -> int | None: ...
+
+
+async def lag_by_topic(consumer: LagSource, timeout_s: float = 0.5) -> dict[str, int] | None:
+    """{topic: records waiting past the consumer's position, summed over its assigned
+    partitions}, or None when that is unknown (no high-water mark yet, or a position being
+    reset by a rebalance). One timeout for all the partitions' positions."""
+    tps = sorted(consumer.assignment())
+    highs = [consumer.highwater(tp) for tp in tps]
+    if any(h is None for h in highs):
+        return None
     try:
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                return None
-            position = await asyncio.wait_for(consumer.position(tp), timeout_s)
-            total += max(0, high - position)
+        async with asyncio.timeout(timeout_s):  # no task of its own: this runs every fetch
+            positions = [await consumer.position(tp) for tp in tps]
     except (TimeoutError, IllegalStateError):  # not ours any more, or no position yet
         return None
-    return total
+    out: dict[str, int] = {}
+    for tp, high, position in zip(tps, highs, positions, strict=True):
+        if position is None:
+            return None
+        out[tp.topic] = out.get(tp.topic, 0) + max(0, int(high or 0) - position)
+    return out
+
+
+async def consumer_lag(consumer: LagSource, timeout_s: float = 0.5) -> int | None:
+    """Records waiting on the assigned partitions past the consumer's position, or None when
+    that is unknown (no high-water mark yet, or a position being reset by a rebalance)."""
+    by_topic = await lag_by_topic(consumer, timeout_s)
+    return None if by_topic is None else sum(by_topic.values())
+
+
+class LagMeter:
+    """`tongda_consumer_lag_records{service, topic}` of one consumer (no partition label: the
+    sum over the partitions assigned here). A topic no longer assigned here reads 0; while the
+    lag is unknown (before the first fetch, during a rebalance) the gauges keep their value.
+    `topics`: the topics to report (None: every assigned one)."""
+
+    def __init__(
+        self, service: str, consumer: LagSource, topics: Iterable[str] | None = None
+    ) -> None:
+        self.service = service
+        self.consumer = consumer
+        self.topics = None if topics is None else frozenset(topics)
+        self._gauges: dict[str, Any] = {}  # topic → its gauge child (labels() costs a lock)
+
+    async def update(self) -> int | None:
+        """Measure and publish; return the total lag (None when unknown). Never raises: a
+        metric must not stop a consume loop."""
+        try:
+            by_topic = await lag_by_topic(self.consumer)
+        except Exception as exc:  # e.g. a consumer being stopped
+            log.debug("consumer lag not measured: %r", exc)
+            return None
+        if by_topic is None:
+            return None
+        if self.topics is not None:
+            by_topic = {t: n for t, n in by_topic.items() if t in self.topics}
+        for topic, gauge in self._gauges.items():
+            if topic not in by_topic:
+                gauge.set(0)
+        for topic, n in by_topic.items():
+            gauge = self._gauges.get(topic)
+            if gauge is None:
+                gauge = self._gauges[topic] = CONSUMER_LAG.labels(service=self.service, topic=topic)
+            gauge.set(n)
+        return sum(by_topic.values())
 
 
 class Watchdog:

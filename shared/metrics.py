@@ -48,8 +48,9 @@ ATTEMPTS = Counter(
 )
 FALLBACKS = Counter(
     "tongda_fallbacks_total",
-    "Moves from one plan step to the next, by the channel left and the reason.",
-    ["channel", "reason"],
+    "Moves from one leg of a plan to the next, by the channel left, the channel tried next "
+    "(none: the plan was exhausted) and the reason.",
+    ["from_channel", "to_channel", "reason"],
 )
 DISPATCH_SECONDS = Histogram(
     "tongda_dispatch_latency_seconds",
@@ -162,12 +163,16 @@ PROVIDER_SESSIONS = Gauge(
 # --- operations (deploy/prometheus rules, deploy/grafana dashboards) -------------------------
 CONSUMER_LAG = Gauge(
     "tongda_consumer_lag_records",
-    "Records waiting on this process's assigned partitions (high-water mark - position).",
-    ["service"],
+    "Records not yet fetched on this process's assigned partitions of a topic (high-water mark "
+    "- position, summed over the partitions).",
+    ["service", "topic"],
 )
+# The fixed values of REDIS_SECONDS' `operation` label (shared/redis.py, RedisMeter).
+REDIS_OPERATIONS = ("apply", "read", "ledger", "write", "outbox", "claim", "heartbeat", "ping")
 REDIS_SECONDS = Histogram(
     "tongda_redis_command_seconds",
-    "Redis round trips (a command, a pipeline or a Lua script call), by service and operation.",
+    "Redis round trips (a command, a pipeline or a Lua script call), by service and operation "
+    "(" + ", ".join(REDIS_OPERATIONS) + ").",
     ["service", "operation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )

@@ -5,8 +5,8 @@ invalid event. Then every dashboard panel query, every recording rule and every 
 reads must return data, grouped by the labels the panel groups by, and `promtool check
 metrics` must pass on every service's /metrics.
 
-Series whose emitting feature is not built yet (or that this stack cannot produce in a short
-run) are listed in NO_DATA_YET with the reason; the test fails when one of them starts
+Series that this stack cannot produce in a short run are listed in NO_DATA_YET with the
+reason (docs/operations.md, "Dashboards", lists them too); the test fails when one of them starts
 answering (remove it from the list) as well as when anything else stops answering.
 """
 
@@ -46,28 +46,14 @@ pytestmark = [
     ),
 ]
 
-NOT_OBSERVED = "defined in shared/metrics.py for the dashboards, not observed by a service yet"
 # What is expected to return nothing here, and why. Keys: a panel title, a recording rule
 # (`record{slo=...}`), or a metric an alert reads.
 NO_DATA_YET: dict[str, str] = {
-    # metrics defined for operations, waiting for their observation points
-    "Consumer lag (records)": NOT_OBSERVED,
-    "tongda:consumer_lag_records:sum": NOT_OBSERVED,
-    "Redis round trip p99": NOT_OBSERVED,
-    "Redis reachable": NOT_OBSERVED,
-    "tongda_redis_up": NOT_OBSERVED,
-    "Fallbacks by channel left → next channel": (
-        "tongda_fallbacks_total has no `to` label yet (proposed to the router: the next "
-        "step's channel, `none` when the plan is exhausted)"
-    ),
-    # inquiries: the router publishes inquiry.escalated/v1 but does not count them yet
-    "Inquiries by tier and intent": "tongda_inquiries_total is not observed by the router yet",
-    "Escalations by tier and level": "tongda_inquiry_escalations_total is not observed yet",
-    # not produced by a sandbox stack in a one-minute run
+    # every metric is observed by a service (tests/test_deploy_prometheus.py checks names and
+    # labels offline); these are not produced by a sandbox stack in a one-minute run
     "Provider failovers": "the sandbox stack runs one provider per channel, no failover chain",
     "Provider circuit (0 closed, 1 half-open, 2 open)": "no failover chain, no circuit breaker",
-    "respond_by misses by tier and intent": "not observed yet; no respond_by passes in the run",
-    "slo=inquiry-respond-by": "tongda_inquiries_total and _sla_misses_total not observed yet",
+    "respond_by misses by tier and intent": "the shortest respond_by is 15 minutes (urgent)",
     "CSAT: share of 4 and 5 scores, by intent": "no borrower answers a survey in the run",
     "CSAT scores received": "no borrower answers a survey in the run",
     "Duplicates and unmatched receipts": "no redelivery or stray receipt in a clean run",
@@ -200,6 +186,22 @@ async def test_every_panel_and_rule_answers_from_a_stack_under_load(
         landed = sorted(set(NO_DATA_YET) - set(empty))
         assert not unexpected, f"no data where data is expected: {unexpected}"
         assert not landed, f"these answer now: remove them from NO_DATA_YET: {landed}"
+
+        # every service reports Redis reachable and its lag per topic it consumes
+        services = {f"tongda-{name}" for name in stack.services}
+        up = await asyncio.to_thread(prom.query, "tongda_redis_up == 1")
+        assert {r["metric"]["service"] for r in up} == services
+        lag = await asyncio.to_thread(prom.query, "tongda_consumer_lag_records")
+        topics = {(r["metric"]["service"], r["metric"]["topic"]) for r in lag}
+        assert {s for s, _ in topics} == services
+        t = stack.settings().topics
+        assert {t.requested, t.router_inbox, t.inquiries} <= {
+            topic for s, topic in topics if s == "tongda-router"
+        }
+        ops = await asyncio.to_thread(
+            prom.query, 'tongda_redis_command_seconds_count{service="tongda-router"} > 0'
+        )
+        assert {"apply", "read", "claim"} <= {r["metric"]["operation"] for r in ops}
 
         for name, svc in stack.services.items():
             result = await asyncio.to_thread(check_metrics, svc.port)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -16,7 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from tools import dashboards
 from tools.prometheus import (
@@ -187,6 +195,109 @@ def test_every_defined_metric_passes_promtool_check_metrics() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     refused = check_metrics("# TYPE tongda_lag_seconds_total gauge\ntongda_lag_seconds_total 1\n")
     assert refused.returncode != 0
+
+
+# --- every query reads metrics that exist, with the labels it uses ----------------------------
+
+# Labels Prometheus itself puts on every series (tools/prometheus.py, the ServiceMonitor);
+# `service` is the services' own label too (honor_labels).
+TARGET_LABELS = {"namespace", "service", "pod", "instance", "job"}
+METRIC_NAME = re.compile(r"\b(tongda[a-z0-9_:]*|process_[a-z0-9_]+|python_[a-z0-9_]+|up)\b")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+
+
+def defined_series() -> dict[str, set[str]]:
+    """{series name: its label names}: shared/metrics.py's metrics as exposed (a counter's
+    _total, a histogram's _bucket with `le`, _count and _sum), the default process and GC
+    collectors' and `up`."""
+    import shared.metrics as defined
+
+    out: dict[str, set[str]] = {"up": set()}
+    for metric in vars(defined).values():
+        if not isinstance(metric, Counter | Gauge | Histogram):
+            continue
+        labels, name = set(metric._labelnames), metric._name
+        if isinstance(metric, Counter):
+            out[f"{name}_total"] = labels
+        elif isinstance(metric, Histogram):
+            out |= {f"{name}_bucket": labels | {"le"}, f"{name}_count": labels}
+            out[f"{name}_sum"] = labels
+        else:
+            out[name] = labels
+    for family in REGISTRY.collect():  # process_*, python_gc_*: built into prometheus_client
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(sample.labels)
+    for rule in rules():  # recording rules: the labels they keep and the ones they add
+        if "record" in rule:
+            kept = set().union(*(set(split(g)) for g in GROUPING.findall(rule["expr"])))
+            labels = kept | set(rule.get("labels", {}))
+            out.setdefault(rule["record"], set()).update(labels)
+    return out
+
+
+def split(names: str) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def label_problems(expr: str, known: dict[str, set[str]]) -> list[str]:
+    """What in `expr` reads a metric that is not defined, or a label its metrics lack."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values are not names
+    problems = []
+    names = [
+        m for m in METRIC_NAME.finditer(text) if not re.match(r"\s*(?:=~|!~|!=|=)", text[m.end() :])
+    ]
+    readable: set[str] = set(TARGET_LABELS)
+    for m in names:
+        name = m.group(1)
+        if name not in known:
+            problems.append(f"unknown metric {name}")
+            continue
+        readable |= known[name]
+        selector = re.match(r"\s*\{([^}]*)\}", text[m.end() :])
+        for label in MATCHER.findall(selector.group(1)) if selector else []:
+            if label not in known[name] | TARGET_LABELS:
+                problems.append(f"{name} has no label {label}")
+    for group in GROUPING.findall(text):
+        for label in split(group):
+            if label not in readable:
+                problems.append(f"no metric here has the label {label}")
+    return problems
+
+
+def test_every_rule_and_panel_reads_defined_metrics_and_labels() -> None:
+    """Offline: each rule expression and panel query names metrics shared/metrics.py (or
+    prometheus_client's default collectors, or a recording rule) defines, with the labels it
+    filters and groups by. tests/test_deploy_live.py checks they answer under load."""
+    known = defined_series()
+    exprs = [(r.get("alert") or r["record"], r["expr"]) for r in rules()]
+    exprs += [(f"{board}: {title}", expr) for board, title, expr in panel_queries()]
+    assert len(exprs) > 80
+    problems = {what: p for what, expr in exprs if (p := label_problems(expr, known))}
+    assert problems == {}
+
+
+def test_the_label_check_notices_a_wrong_label_or_name() -> None:
+    known = defined_series()
+    good = "sum by (from_channel, to_channel) (rate(tongda_fallbacks_total[5m]))"
+    assert label_problems(good, known) == []
+    assert label_problems("sum by (channel, to) (rate(tongda_fallbacks_total[5m]))", known) == [
+        "no metric here has the label channel",
+        "no metric here has the label to",
+    ]
+    assert label_problems('tongda_redis_up{op="apply"}', known) == [
+        "tongda_redis_up has no label op"
+    ]
+    assert label_problems("rate(tongda_fallback_total[5m])", known) == [
+        "unknown metric tongda_fallback_total"
+    ]
+    assert label_problems('tongda:slo_errors:ratio_rate1h{slo="deadletters"} > 0.1', known) == []
+
+
+def test_metric_labels_carry_no_customer_data() -> None:
+    personal = {"customer_id", "notification_id", "recipient", "phone", "email", "address", "id"}
+    for name, labels in defined_series().items():
+        assert not labels & personal, name
 
 
 # --- dashboards -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ tongda_consume_loop_stalled, logs the repeated failure at a bounded rate, and re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -11,14 +12,20 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaConsumer
 from channel_support import create_topics, dispatch, produce, serving, wait_until
 from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.sms.providers import SmsSandbox
 from shared.channel.app import create_app
 from shared.config import ChannelSettings
 from shared.contract.codec import dumps
-from shared.health import RateLimitedLog, Watchdog
+from shared.health import LagMeter, RateLimitedLog, Watchdog
+from shared.redis import RedisMeter
 from tools.devstack import RedisServer
 
 pytest_plugins = ["channel_support"]
@@ -123,6 +130,12 @@ async def test_channel_readiness_flips_when_the_loop_stalls_and_recovers(
                 return (await _readyz(url))[0] == 200
 
             await wait_until(ready, within_s=15)
+            up = {"service": "tongda-sms"}
+            assert REGISTRY.get_sample_value("tongda_redis_up", up) == 1.0  # pinged, beating
+            claims = {"service": "tongda-sms", "operation": "claim"}
+            claimed_before = (
+                REGISTRY.get_sample_value("tongda_redis_command_seconds_count", claims) or 0.0
+            )
             redis.kill()  # every claim now fails: the loop can complete no batch
             d = dispatch("sms", "+8613800130001")
             await produce(settings, settings.topics.dispatch("sms"), [(b"k", dumps(d))])
@@ -152,8 +165,17 @@ async def test_channel_readiness_flips_when_the_loop_stalls_and_recovers(
                 return bool(failure_lines())
 
             await wait_until(logged, within_s=15)  # redis-py gives up connecting after retries
+            # a round trip (claim, heartbeat or ping) has met the connection error
+            assert REGISTRY.get_sample_value("tongda_redis_up", up) == 0.0
             redis.start()  # same port; the AOF kept nothing we need
             await wait_until(ready, within_s=15)
+            assert REGISTRY.get_sample_value("tongda_redis_up", up) == 1.0
+
+            async def claimed() -> bool:  # the waiting dispatch's claim: one timed round trip
+                n = REGISTRY.get_sample_value("tongda_redis_command_seconds_count", claims)
+                return (n or 0.0) > claimed_before
+
+            await wait_until(claimed, within_s=15)
             down_for = time.monotonic() - produced
             # one line at once, then at most one per 5 s (with a count): never a flood
             assert 1 <= len(failure_lines()) <= down_for / 5 + 1
@@ -162,4 +184,79 @@ async def test_channel_readiness_flips_when_the_loop_stalls_and_recovers(
                 == 0.0
             )
     finally:
+        redis.stop_sync()
+
+
+async def test_lag_meter_reports_records_not_yet_fetched_per_topic(
+    make_settings: MakeSettings,
+) -> None:
+    """tongda_consumer_lag_records{service, topic}: high-water mark minus position, summed
+    over the topic's partitions (here 2), measured against the real broker."""
+    settings = make_settings("sms")
+    await create_topics(settings)
+    topic = settings.topics.dispatch("sms")
+    await produce(settings, topic, [(b"k%d" % i, b"{}") for i in range(7)])
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.consumer_group}-lag",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=2,
+    )
+    await consumer.start()
+    try:
+        meter = LagMeter("tongda-lagtest", consumer)
+        labels = {"service": "tongda-lagtest", "topic": topic}
+        assert await meter.update() is None  # nothing fetched yet: no high-water mark known
+        assert REGISTRY.get_sample_value("tongda_consumer_lag_records", labels) is None
+        fetched, seen = 0, []
+        while fetched < 7:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=2)
+            fetched += sum(len(rs) for rs in batch.values())
+            lag = await meter.update()
+            if lag is not None and len(consumer.assignment()) == 2:
+                # every partition fetched from once: the lag is exactly what is left
+                if all(consumer.highwater(tp) is not None for tp in consumer.assignment()):
+                    assert lag == 7 - fetched
+                    assert REGISTRY.get_sample_value("tongda_consumer_lag_records", labels) == lag
+                    seen.append(lag)
+        assert any(seen), seen  # records were seen waiting, not only the final 0
+        assert await meter.update() == 0
+        assert REGISTRY.get_sample_value("tongda_consumer_lag_records", labels) == 0.0
+    finally:
+        await consumer.stop()
+
+
+async def test_redis_meter_times_round_trips_and_says_when_redis_is_gone(
+    tmp_path: Path,
+) -> None:
+    redis = RedisServer(tmp_path / "redis.log")  # our own: this test stops it
+    redis.start()
+    meter = RedisMeter("tongda-redistest")
+    client = Redis.from_url(redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    count = {"service": "tongda-redistest", "operation": "read"}
+    up = {"service": "tongda-redistest"}
+    try:
+        assert REGISTRY.get_sample_value("tongda_redis_up", up) is None  # nothing known yet
+        assert await meter.timed("read", client.get("k")) is None
+        assert REGISTRY.get_sample_value("tongda_redis_command_seconds_count", count) == 1.0
+        assert REGISTRY.get_sample_value("tongda_redis_up", up) == 1.0
+        with pytest.raises(ResponseError):  # an error reply is an answer: Redis is up
+            await meter.timed("read", client.execute_command("NOSUCHCOMMAND"))
+        assert REGISTRY.get_sample_value("tongda_redis_up", up) == 1.0
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        with pytest.raises(KeyError):  # operation names are a fixed set
+            await meter.timed("get_customer_42", done)
+        redis.kill()
+        with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+            await meter.ping(client)
+        assert REGISTRY.get_sample_value("tongda_redis_up", up) == 0.0
+        # the error reply was a round trip too; the failed ping is not timed
+        assert REGISTRY.get_sample_value("tongda_redis_command_seconds_count", count) == 2.0
+        unused = {"service": "tongda-redistest", "operation": "apply"}  # never run here
+        assert REGISTRY.get_sample_value("tongda_redis_command_seconds_count", unused) is None
+    finally:
+        await client.aclose()
         redis.stop_sync()

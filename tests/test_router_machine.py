@@ -89,7 +89,7 @@ def test_busy_voice_falls_back_to_sms(machine: Machine) -> None:
     assert fx is not None
     assert [d.channel for d in fx.dispatches] == ["sms"]
     assert fx.timers_del == [timer_member("step_timeout", "c1", "n1", 0, 1)]
-    assert fx.fallbacks == [("voice", "busy")]
+    assert fx.fallbacks == [("voice", "sms", "busy")]
     fx = machine.on_outcome(state, outcome(state, "delivered"), NOW)
     assert fx is not None and fx.final is not None
     assert (fx.final.status, fx.final.channel) == ("delivered", "sms")
@@ -130,6 +130,11 @@ def test_missing_addresses_are_suppressed_and_skipped(machine: Machine) -> None:
     assert [d.channel for d in fx.dispatches] == ["email"]
     assert path(state) == ["push suppressed", "sms suppressed"]
     assert [r.decision for r in fx.records] == ["suppressed: no_address"] * 2
+    # each move names the channel left and the one tried next (the metric's from → to)
+    assert fx.fallbacks == [
+        ("push", "sms", "suppressed_no_address"),
+        ("sms", "email", "suppressed_no_address"),
+    ]
 
 
 def test_no_address_anywhere_is_final_suppressed(machine: Machine) -> None:
@@ -144,6 +149,11 @@ def test_all_rejected_is_failed(machine: Machine) -> None:
     fx = machine.on_outcome(state, outcome(state, "rejected"), NOW)
     assert fx is not None and fx.final is not None and fx.final.status == "failed"
     assert path(state) == ["voice rejected", "sms rejected", "email suppressed"]
+    # the last leg's fallback has nowhere to go: `none`
+    assert fx.fallbacks == [
+        ("sms", "email", "rejected"),
+        ("email", "none", "suppressed_no_address"),
+    ]
 
 
 def test_duplicate_and_stale_outcomes_change_nothing(machine: Machine) -> None:
@@ -160,6 +170,7 @@ def test_step_timeout_moves_on_without_retrying(machine: Machine) -> None:
     state, _ = machine.start(req(contacts={"phone": "+8613800000009"}), None, NOW)
     fx = machine.on_timer(state, timer(state, "step_timeout"), NOW)
     assert fx is not None and [d.channel for d in fx.dispatches] == ["sms"]
+    assert fx.fallbacks == [("voice", "sms", "timeout")]
     assert state.attempts[0].outcome == "failed"
     assert "step timeout" in (state.attempts[0].detail or "")
     assert machine.on_outcome(state, outcome(state, "busy", leg=0, attempt=1), NOW) is None

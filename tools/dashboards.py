@@ -248,18 +248,18 @@ def sla_overview() -> Board:
     b.panel(
         one(
             "Fallbacks by channel left → next channel",
-            f"sum by (channel, to) ({rate('tongda_fallbacks_total')})",
-            "{{channel}} → {{to}}",
+            f"sum by (from_channel, to_channel) ({rate('tongda_fallbacks_total')})",
+            "{{from_channel}} → {{to_channel}}",
             "ops",
-            "Moves from one plan step to the next. `to` is the next step's channel "
+            "Moves from one leg of a plan to the next. `to_channel` is the channel tried next "
             "(none: the plan was exhausted).",
         )
     )
     b.panel(
         one(
             "Fallback reasons",
-            f"sum by (channel, reason) ({rate('tongda_fallbacks_total')})",
-            "{{channel}}: {{reason}}",
+            f"sum by (from_channel, reason) ({rate('tongda_fallbacks_total')})",
+            "{{from_channel}}: {{reason}}",
             "ops",
         )
     )
@@ -486,9 +486,10 @@ def internals() -> Board:
     b.panel(
         one(
             "Consumer lag (records)",
-            f"sum by (service) ({sel('tongda_consumer_lag_records')})",
-            "{{service}}",
-            description="Alerts when above 1000 and growing for 10 minutes.",
+            f"sum by (service, topic) ({sel('tongda_consumer_lag_records')})",
+            "{{service}} {{topic}}",
+            description="Records not yet fetched, summed over the pods. Alerts when a "
+            "service's total is above 1000 and growing for 10 minutes.",
         )
     )
     b.panel(

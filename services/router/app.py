@@ -34,6 +34,7 @@ from services.router.scheduler import Scheduler
 from shared.config import RouterSettings
 from shared.errors import InvalidEvent
 from shared.gctune import freeze_now
+from shared.health import LagMeter
 from shared.http import redis_check, server_options
 from shared.kafka import make_consumer, make_producer, send_deadletter
 from shared.redis import make_redis
@@ -93,7 +94,7 @@ class RouterService(mode.Service):
             self.plans,
             self.desk,
             [
-                ("redis", redis_check(self.redis)),
+                ("redis", redis_check(self.redis, core.store.meter)),
                 ("kafka", self._kafka_check),
                 ("router_loop", self._loop_check),
                 ("consume_loop", self.engine.watchdog.check()),
@@ -190,6 +191,19 @@ def create_app(
             super().__init__(**kw)
             self.add_dependency(service)
 
+    lag: list[LagMeter] = []  # the inquiries agents' consumer (faust's), once it exists
+
+    @app.timer(interval=s.scheduler_interval_s)  # type: ignore[untyped-decorator]
+    async def inquiries_lag() -> None:
+        """tongda_consumer_lag_records of the inquiries agents' topics (faust's consumer)."""
+        try:
+            if not lag:
+                topics = (s.topics.inquiries, s.topics.resolved)
+                lag.append(LagMeter(RouterEngine.service, app.consumer, topics))
+            await lag[0].update()
+        except Exception as exc:  # not started yet, or a rebalance: the next tick measures
+            log.debug("inquiries consumer lag not measured: %r", exc)
+
     @app.timer(interval=s.scheduler_interval_s)  # type: ignore[untyped-decorator]
     async def scheduler_tick() -> None:
         if service.scheduler is not None and not service.stopping.is_set():
@@ -214,7 +228,7 @@ def create_app(
                 await handler(service.desk, event.value)
                 return
             except InvalidEvent as exc:
-                await send_deadletter(service.producer, s, event.message, exc, "router")
+                await send_deadletter(service.producer, s, event.message, exc, RouterEngine.service)
                 return
             except Exception:
                 log.exception("%s failed; trying again in %.1f s", what, delay_s)

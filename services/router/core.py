@@ -47,9 +47,8 @@ async def build_core(
     store = Store(redis, s.key_prefix, s.retention_s, s.timeline_max_records, policy.caps.horizon_s)
     await store.load_scripts()
     t = s.topics
-    outbox = Outbox(
-        redis, producer, store.keys, s, [t.status, t.audit] + [t.dispatch(c) for c in CHANNELS]
-    )
+    outputs = [t.status, t.audit] + [t.dispatch(c) for c in CHANNELS]
+    outbox = Outbox(redis, producer, store.keys, s, outputs, store.meter)
     machine = Machine(plans, policy, clock.at_least_real(0.0, s.min_real_timeout_s))
     engine = RouterEngine(s, redis, store, outbox, machine, clock)
     desk = InquiryDesk(

@@ -44,7 +44,7 @@ from shared.config import RouterSettings
 from shared.contract.models import AttemptOutcome, CustomerProfile
 from shared.errors import InvalidEvent
 from shared.gctune import gc_paused
-from shared.health import Watchdog, consumer_lag
+from shared.health import LagMeter, Watchdog
 from shared.kafka import Batch, Record, send_deadletter
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
 from shared.resp import pack as pack_command
@@ -103,7 +103,8 @@ class RouterEngine:
 
     async def run(self, consumer: AIOKafkaConsumer, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished and committed."""
-        self.watchdog.lag = lambda: consumer_lag(consumer)
+        lag = LagMeter(self.service, consumer)  # tongda_consumer_lag_records, after every fetch
+        self.watchdog.lag = lag.update
         # A batch's records are acknowledged and its offsets committed while the next batch
         # is fetched and processed (two broker round trips fewer on each batch's path, which
         # is the latency of the records waiting for it); the offsets only after the records;
@@ -112,6 +113,7 @@ class RouterEngine:
         try:
             while not stopping.is_set():
                 batch: Batch = await consumer.getmany(timeout_ms=200)
+                await lag.update()
                 if not batch:
                     self.watchdog.nothing_fetched()
                     if self.outbox.failed():  # raised and retried (with recovery) as before
@@ -224,7 +226,7 @@ class RouterEngine:
     ) -> list[Pending]:
         keys = self.store.keys
         members = await self.store.run(
-            [pack_command("SMEMBERS", keys.customer_notifications(cid)) for cid in erased]
+            [pack_command("SMEMBERS", keys.customer_notifications(cid)) for cid in erased], "read"
         )
         owner = {m.decode(): cid for cid, ms in zip(erased, members, strict=True) for m in ms}
         nids = list(owner)
@@ -261,7 +263,7 @@ class RouterEngine:
         ]
         if first:
             commands.append(self.store.ledgers_command(first, now.timestamp()))
-        replies = await self.store.run(commands)
+        replies = await self.store.run(commands, "read")
         profiles = {
             c: CustomerProfile.model_validate_json(v) if v else None
             for c, v in zip(cids, replies[0], strict=True)
@@ -429,7 +431,8 @@ class RouterEngine:
                 commands.append(self.store.apply([p.transition for p, _ in chunk]))
                 await stream.write(commands[-1:])
                 done += chunk
-            replies = await stream.replies()
+            # timed from the last write: for a batch of one chunk, apply.lua's round trip
+            replies = await self.store.meter.timed("apply", stream.replies())
         replies = await self.store.settle(commands, replies)
         codes = [int(r) for reply in replies for r in reply]
         return [(p, item, code) for (p, item), code in zip(done, codes, strict=True)]

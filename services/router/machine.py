@@ -55,7 +55,8 @@ class Effects:
     final: NotificationStatus | None = None
     timers_add: list[tuple[str, float]] = field(default_factory=list)
     timers_del: list[str] = field(default_factory=list)
-    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (channel left, reason)
+    # (channel left, channel tried next or "none" when the plan is exhausted, reason)
+    fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
     # the frequency ledger: entries to add (member, epoch s) and remove; `ledger_read`: a
     # decision used the ledger, so the transition holds only if nobody wrote it since
     ledger_add: list[tuple[str, float]] = field(default_factory=list)
@@ -231,7 +232,7 @@ class Machine:
             detail = f"no outcome within {leg.timeout_s:g} s (step timeout)"
             self._record_attempt(state, fx, leg, "failed", now, None, detail, None)
             self._ledger_outcome(state, fx, leg, "failed", now, ledger)
-            fx.fallbacks.append((leg.channel, "timeout"))
+            fx.fallbacks.append((leg.channel, _next_channel(state, t.leg), "timeout"))
             self._advance(state, fx, state.leg + 1, now, ledger)
             return fx
         if t.kind == "retry" and state.phase == "retry_wait":
@@ -294,7 +295,7 @@ class Machine:
                 what = f"call-back {state.missed_calls} of {leg.max_calls - 1} after {outcome}"
                 self._retry_later(state, fx, leg, now, delay, what, "callback")
                 return
-        fx.fallbacks.append((leg.channel, outcome))
+        fx.fallbacks.append((leg.channel, _next_channel(state, state.leg), outcome))
         self._advance(state, fx, state.leg + 1, now, ledger)
 
     def _retry_later(
@@ -376,7 +377,9 @@ class Machine:
         if verdict.action == "suppress":
             fx.decisions.append(("suppressed", verdict.rule, leg.channel))
             self._record_attempt(state, fx, leg, "suppressed", now, None, verdict.rule, None)
-            fx.fallbacks.append((leg.channel, f"suppressed_{verdict.rule}"))
+            fx.fallbacks.append(
+                (leg.channel, _next_channel(state, index), f"suppressed_{verdict.rule}")
+            )
             return False
         if verdict.action == "defer" and verdict.until is not None:
             self._defer(state, fx, leg, verdict, now)
@@ -742,3 +745,9 @@ def _zone(name: str) -> ZoneInfo:
 def state_timer_kind(state: NotificationState) -> str:
     """The kind of timer a live notification is waiting on in its current phase."""
     return "retry" if state.phase == "retry_wait" else "step_timeout"
+
+
+def _next_channel(state: NotificationState, leg: int) -> str:
+    """The channel of the leg after `leg` (the one a fallback from `leg` tries next), or
+    `none` when `leg` was the plan's last."""
+    return state.legs[leg + 1].channel if leg + 1 < len(state.legs) else "none"

@@ -22,8 +22,8 @@ def observe(p: Pending) -> None:
     for r in fx.records:
         if r.outcome is not None and r.channel is not None and r.outcome != "deferred":
             ATTEMPTS.labels(channel=r.channel, outcome=r.outcome).inc()
-    for channel, reason in fx.fallbacks:
-        FALLBACKS.labels(channel=channel, reason=reason).inc()
+    for left, tried, reason in fx.fallbacks:
+        FALLBACKS.labels(from_channel=left, to_channel=tried, reason=reason).inc()
     for verdict, rule, channel in fx.decisions:
         POLICY_DECISIONS.labels(verdict=verdict, rule=rule, channel=channel).inc()
     voice = [r for r in fx.records if r.channel == "voice" and r.outcome not in (None, "deferred")]

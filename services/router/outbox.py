@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from services.router.store import Keys
 from shared.config import CommonSettings
 from shared.kafka import key_partition
+from shared.redis import RedisMeter
 from shared.resp import execute, pack
 from shared.signing import Signer, internal_topics
 
@@ -69,8 +70,10 @@ class Outbox:
         keys: Keys,
         settings: CommonSettings,
         output_topics: Sequence[str],
+        meter: RedisMeter | None = None,
     ) -> None:
         self.redis = redis
+        self.meter = meter or RedisMeter("tongda-router")
         self.producer = producer
         self.keys = keys
         self.settings = settings
@@ -242,7 +245,7 @@ class Outbox:
         for tp, ids in by_input.items():
             commands.append(pack("HDEL", self.keys.outbox(tp.topic, tp.partition), *ids))
             commands.append(pack("HSET", self.keys.outpos(tp.topic, tp.partition), *positions))
-        await execute(self.redis, commands)
+        await self.meter.timed("outbox", execute(self.redis, commands))
 
     async def _output_partitions(self, reader: AIOKafkaConsumer) -> list[TopicPartition]:
         tps = []

@@ -36,6 +36,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from services.router.ledger import VERSION_MEMBER, LedgerView
 from services.router.state import NotificationState, decode_state
+from shared.redis import RedisMeter
 from shared.resp import Arg, Stream, execute, pack, pack_bytes
 
 _LUA = Path(__file__).with_name("lua")
@@ -124,8 +125,10 @@ class Store:
         retention_s: int,
         timeline_max: int,
         ledger_horizon_s: float = 0.0,
+        meter: RedisMeter | None = None,
     ) -> None:
         self.redis = redis
+        self.meter = meter or RedisMeter("tongda-router")  # times each round trip
         self.keys = Keys(prefix)
         self.retention_s = retention_s
         self.timeline_max = timeline_max
@@ -146,10 +149,12 @@ class Store:
     def _packed(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
         return pack("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
-    async def run(self, commands: Sequence[bytes]) -> list[Any]:
-        """Run packed commands in one round trip; after a Redis restart lost the scripts
-        (NOSCRIPT, which means the script did not run), load them and run those again."""
-        return await self.settle(commands, await execute(self.redis, commands))
+    async def run(self, commands: Sequence[bytes], op: str = "write") -> list[Any]:
+        """Run packed commands in one round trip (timed as `op`); after a Redis restart lost
+        the scripts (NOSCRIPT, which means the script did not run), load them and run those
+        again."""
+        replies = await self.meter.timed(op, execute(self.redis, commands))
+        return await self.settle(commands, replies)
 
     def stream(self) -> Stream:
         return Stream(self.redis)
@@ -224,7 +229,7 @@ class Store:
         if not ids:
             return []
         keys = [self.keys.state(i) for i in ids]
-        (raws,) = await self.run([self._packed("read", [], keys)])
+        (raws,) = await self.run([self._packed("read", [], keys)], "read")
         return [decode_state(raw) if raw else None for raw in raws]
 
     async def read_ledgers(
@@ -233,7 +238,7 @@ class Store:
         """The frequency ledger of each customer (entries within the horizon); one trip."""
         if not customer_ids:
             return {}
-        (flat,) = await self.run([self.ledgers_command(customer_ids, now_s)])
+        (flat,) = await self.run([self.ledgers_command(customer_ids, now_s)], "ledger")
         return self.parse_ledgers(customer_ids, flat)
 
     def ledgers_command(self, customer_ids: Sequence[str], now_s: float) -> bytes:
@@ -270,8 +275,9 @@ class Store:
         """Claim due members of a timers zset (the notifications' unless `timers` names
         another, e.g. the inquiries' SLA timers) with a lease until `lease_until`."""
         key = timers or self.keys.timers
-        flat = await self._call(
-            self.redis, "claim", [key], [f"{now:.3f}", f"{lease_until:.3f}", limit]
+        flat = await self.meter.timed(
+            "claim",
+            self._call(self.redis, "claim", [key], [f"{now:.3f}", f"{lease_until:.3f}", limit]),
         )
         return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
@@ -281,4 +287,5 @@ class Store:
         if not members:
             return 0
         key = timers or self.keys.timers
-        return int(await self._call(self.redis, "release", [key], [f"{lease_until:.3f}", *members]))
+        call = self._call(self.redis, "release", [key], [f"{lease_until:.3f}", *members])
+        return int(await self.meter.timed("claim", call))

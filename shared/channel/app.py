@@ -84,7 +84,8 @@ def redis_check(service: ChannelService) -> ReadinessCheck:
     async def check() -> str | None:
         if service.redis is None:
             return "not started"
-        return await ping_redis(service.redis)()
+        meter = service.liveness.meter if service.liveness is not None else None
+        return await ping_redis(service.redis, meter)()
 
     return check
 

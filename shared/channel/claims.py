@@ -42,6 +42,7 @@ from shared.channel.provider import Completed
 from shared.config import ChannelSettings
 from shared.contract.models import Dispatch
 from shared.health import RateLimitedLog
+from shared.redis import RedisMeter
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class Liveness:
     def __init__(self, settings: ChannelSettings, redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
+        # the service's Redis round trips (tongda_redis_*): the heartbeat keeps redis_up fresh
+        self.meter = RedisMeter(f"tongda-{settings.channel}")
         self.instance = uuid.uuid4().hex[:16]
         self._task: asyncio.Task[None] | None = None
         self._errors = RateLimitedLog(log)
@@ -118,7 +121,8 @@ class Liveness:
         while True:
             await asyncio.sleep(BEAT_EVERY_S)
             try:
-                await self.redis.set(self.key(self.instance), b"1", ex=ALIVE_TTL_S)
+                beat = self.redis.set(self.key(self.instance), b"1", ex=ALIVE_TTL_S)
+                await self.meter.timed("heartbeat", beat)
             except Exception as exc:
                 self._errors.log(
                     logging.WARNING, type(exc).__name__, "heartbeat not written: %r", exc
@@ -156,7 +160,7 @@ class Claims:
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.set(key, self.mark.encode(), nx=True, ex=self.settings.dedupe_ttl_s)
-        claimed = await pipe.execute()
+        claimed = await self.liveness.meter.timed("claim", pipe.execute())
         taken = [(d, k) for d, k, ok in zip(dispatches, keys, claimed, strict=True) if not ok]
         result.fresh.extend(d for d, ok in zip(dispatches, claimed, strict=True) if ok)
         if taken:

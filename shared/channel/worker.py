@@ -27,7 +27,7 @@ from shared.config import ChannelSettings
 from shared.contract.codec import decode
 from shared.contract.models import Dispatch
 from shared.errors import InvalidEvent
-from shared.health import RateLimitedLog, Watchdog, consumer_lag
+from shared.health import LagMeter, RateLimitedLog, Watchdog
 from shared.kafka import Batch, Record, send_deadletter
 from shared.masking import mask_address
 from shared.metrics import (
@@ -84,9 +84,8 @@ class ChannelWorker:
         self.channel = settings.channel
         self.service = f"tongda-{settings.channel}"
         self.topic = settings.topics.dispatch(settings.channel)
-        self.watchdog = Watchdog(
-            self.service, settings.stall_after_s, lambda: consumer_lag(consumer), logger=log
-        )
+        self.lag = LagMeter(self.service, consumer)  # tongda_consumer_lag_records
+        self.watchdog = Watchdog(self.service, settings.stall_after_s, self.lag.update, logger=log)
         self._send_slots = asyncio.Semaphore(settings.max_in_flight)
         self._stopping = asyncio.Event()
         self._uncommitted: dict[TopicPartition, int] = {}
@@ -115,6 +114,7 @@ class ChannelWorker:
             batch: Batch = {}
             try:
                 batch = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
+                await self.lag.update()  # after every fetch: the gauge moves while idle too
                 self._expire_receipts()
                 if self._stopping.is_set():
                     continue  # a batch fetched after the stop stays uncommitted: refetched
