@@ -247,7 +247,8 @@ class TlsBroker:
 
 class TlsRedis:
     """redis-server with TLS only (no plaintext port), client certificates optional, and the
-    ACL user `tongda` (password `password`, keys `tongda:*`); the `default` user is off."""
+    ACL user `tongda` (keys `tongda:*`, every command but the @admin and @dangerous ones: what
+    docs/operations.md recommends); the `default` user is off."""
 
     USER = "tongda"
 
@@ -291,6 +292,8 @@ class TlsRedis:
                     "~tongda:*",
                     "&*",
                     "+@all",
+                    "-@admin",
+                    "-@dangerous",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
