@@ -57,7 +57,7 @@ class CommonSettings(BaseSettings):
         default="PLAINTEXT",
         description="how every Kafka client (producers, consumers, admin, faust) talks to the "
         "brokers: `SSL` and `SASL_SSL` encrypt and check the brokers' certificates; `SASL_*` "
-        'authenticate with `kafka_sasl_*` (docs/operations.md, "TLS and SASL")',
+        'authenticate with `kafka_sasl_*` (docs/operations.md, "TLS, SASL and Redis ACL users")',
     )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
         default="SCRAM-SHA-512",
