@@ -53,7 +53,82 @@ class CommonSettings(BaseSettings):
     kafka_topic_partitions: int = 4
     kafka_session_timeout_ms: int = 6_000  # a consumer joins its group in ~half of this
     kafka_replication_factor: int = 1
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="how every Kafka client (producers, consumers, admin, faust) talks to the "
+        "brokers: `SSL` and `SASL_SSL` encrypt and check the brokers' certificates; `SASL_*` "
+        'authenticate with `kafka_sasl_*` (docs/operations.md, "TLS, SASL and Redis ACL users")',
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512",
+        description="the SASL mechanism with `SASL_PLAINTEXT`/`SASL_SSL` (PLAIN sends the "
+        "password as is: only over `SASL_SSL`)",
+    )
+    kafka_sasl_username: str = Field(
+        default="", description="the SASL user; required with a `SASL_*` protocol"
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="the SASL user's password (from a Secret); required with a `SASL_*` "
+        "protocol; never logged",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the brokers' certificates; unset: the "
+        "system's trusted CAs (`SSL`/`SASL_SSL` only)",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None,
+        description="PEM client certificate (chain) for mutual TLS; it may hold the key too",
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None,
+        description="PEM private key of `kafka_ssl_certfile` when kept in its own file "
+        "(unencrypted)",
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True,
+        description="check that a broker's certificate names the host connected to; turn off "
+        "only for brokers reached by an address their certificate does not list",
+    )
+    # The URL may carry a password (redis://user:pass@host): never in repr, never logged;
+    # prefer redis_username / redis_password.
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        repr=False,
+        description="`redis://host:port/db`, or `rediss://` for TLS. Credentials go in "
+        "`redis_username`/`redis_password`, not in the URL. One Redis primary, not Redis "
+        "Cluster (docs/architecture.md).",
+    )
+    redis_username: str = Field(
+        default="",
+        description="the Redis ACL user (`ACL SETUSER`); empty: `default` when a password is set",
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="the Redis ACL user's password (from a Secret); never logged",
+    )
+    redis_tls: bool = Field(
+        default=False,
+        description="connect to Redis with TLS (also on with a `rediss://` URL); the server's "
+        "certificate is always checked",
+    )
+    redis_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed Redis's certificate; unset: the "
+        "system's trusted CAs (TLS only)",
+    )
+    redis_ssl_certfile: Path | None = Field(
+        default=None,
+        description="PEM client certificate for Redis servers that require one "
+        "(`tls-auth-clients yes`)",
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of `redis_ssl_certfile` (unencrypted)"
+    )
+    redis_ssl_check_hostname: bool = Field(
+        default=True, description="check that Redis's certificate names the host connected to"
+    )
     redis_socket_timeout_s: float = 5.0
     redis_connect_timeout_s: float = 5.0
     http_host: str = "0.0.0.0"
@@ -84,7 +159,7 @@ class CommonSettings(BaseSettings):
     signing_keys: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="HMAC-SHA256 keys signing tongda's internal records (dispatch topics, router "
-        "inbox), by key id, as JSON: `{\"2026-11\": \"<secret>\", \"2026-05\": \"<old>\"}`; "
+        'inbox), by key id, as JSON: `{"2026-11": "<secret>", "2026-05": "<old>"}`; '
         "every key listed is accepted, `signing_key_id` signs. Required: a service refuses to "
         "start without one (`make up` generates one; docs/reliability.md)",
     )

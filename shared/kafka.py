@@ -21,6 +21,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from shared.config import CommonSettings
 from shared.errors import InvalidEvent
 from shared.metrics import DEADLETTERS
+from shared.security import kafka_client_options
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ MAX_DEADLETTER_KEY_BYTES = 4096
 
 def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_options(settings),
         client_id=client_id,
         acks="all",
         enable_idempotence=False,
@@ -53,7 +54,7 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_options(settings),
         client_id=client_id,
         group_id=group_id,
         enable_auto_commit=False,

@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.config import CommonSettings
 from shared.metrics import REDIS_OPERATIONS, REDIS_SECONDS, REDIS_UP
+from shared.security import redis_connection_options
 
 T = TypeVar("T")
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
@@ -44,6 +45,7 @@ def make_redis(settings: CommonSettings, max_connections: int = 64) -> Redis:
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
+        **redis_connection_options(settings),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.config import CommonSettings
+from shared.config import CommonSettings, load_settings
 from shared.contract.models import CHANNELS
 from shared.errors import ConfigError
+from shared.security import check_connection_settings, kafka_client_options
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
 async def ensure_topics(settings: CommonSettings) -> list[str]:
     """Create every missing topic; return the names created. Existing ones are left alone."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_options(settings),
         client_id=f"{settings.kafka_client_id}-admin",
         request_timeout_ms=settings.kafka_request_timeout_ms,
     )
@@ -88,7 +90,7 @@ async def ensure_topics(settings: CommonSettings) -> list[str]:
 
 async def missing_topics(settings: CommonSettings, names: list[str]) -> list[str]:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_options(settings),
         request_timeout_ms=settings.kafka_request_timeout_ms,
     )
     await admin.start()
@@ -101,8 +103,13 @@ async def missing_topics(settings: CommonSettings, names: list[str]) -> list[str
 
 def main() -> None:
     logging.basicConfig(level="INFO", format="%(message)s")
-    settings = CommonSettings()
-    created = asyncio.run(ensure_topics(settings))
+    settings = load_settings(CommonSettings, "tongda-topics")
+    try:
+        check_connection_settings(settings)
+        created = asyncio.run(ensure_topics(settings))
+    except ConfigError as exc:
+        print(f"tongda-topics: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"topics created: {', '.join(created) if created else 'none (all present)'}")
 
 

@@ -104,7 +104,7 @@ def config_value(overlay: str, key: str) -> str:
 
 
 def test_overlays() -> None:
-    assert OVERLAYS == ["dev", "prod", "prod-hpa", "prod-strimzi"]
+    assert OVERLAYS == ["dev", "prod", "prod-hpa", "prod-strimzi", "prod-tls"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -333,3 +333,37 @@ def test_strimzi_topics_replace_the_job() -> None:
             assert int(config["retention.ms"]) >= 7 * 24 * 3600 * 1000, name
     assert not of_kind("prod-strimzi", "Job")
     assert "tongda-topics" in of_kind("prod", "Job")
+
+
+def test_tls_overlay_mounts_the_cas_and_takes_credentials_from_secrets() -> None:
+    """components/tls: Kafka SASL_SSL and Redis TLS settings whose files are in the mounted
+    Secret, for every Deployment and the topics Job; the passwords from Secrets."""
+    mount = "/var/run/secrets/tongda-tls/"
+    assert config_value("prod-tls", "TONGDA_KAFKA_SECURITY_PROTOCOL") == "SASL_SSL"
+    assert config_value("prod-tls", "TONGDA_KAFKA_SASL_MECHANISM") == "SCRAM-SHA-512"
+    assert config_value("prod-tls", "TONGDA_REDIS_TLS") == "true"
+    for key in ("TONGDA_KAFKA_SSL_CAFILE", "TONGDA_REDIS_SSL_CAFILE"):
+        assert config_value("prod-tls", key).startswith(mount), key
+    workloads = {**of_kind("prod-tls", "Deployment"), **of_kind("prod-tls", "Job")}
+    assert set(workloads) == {f"tongda-{s}" for s in SERVICES} | {"tongda-topics"}
+    for name, workload in workloads.items():
+        spec = workload["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["tongda-tls"]["secret"]["secretName"] == "tongda-tls", name
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["tongda-tls"] == {
+            "name": "tongda-tls",
+            "mountPath": mount.rstrip("/"),
+            "readOnly": True,
+        }, name
+        env = {e["name"]: e for e in container["env"]}
+        wanted = {"TONGDA_KAFKA_SASL_USERNAME": "tongda-kafka-sasl"}
+        wanted["TONGDA_KAFKA_SASL_PASSWORD"] = "tongda-kafka-sasl"
+        if name != "tongda-topics":
+            wanted["TONGDA_REDIS_USERNAME"] = "tongda-redis-acl"
+            wanted["TONGDA_REDIS_PASSWORD"] = "tongda-redis-acl"
+        for var, secret in wanted.items():
+            assert env[var]["valueFrom"]["secretKeyRef"]["name"] == secret, (name, var)
+    with pytest.raises(KeyError):  # plaintext unless the component is used
+        config_value("prod", "TONGDA_KAFKA_SECURITY_PROTOCOL")

@@ -41,6 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from shared.config import CommonSettings, RouterSettings
 from shared.gctune import tune_gc
 from shared.kafka import make_consumer, make_producer
+from shared.security import kafka_client_options
 from tools.devstack import REPO_ROOT, Broker, RedisServer, Service
 
 RAW_IN, RAW_OUT, LAT = "bench.raw.in", "bench.raw.out", "bench.latency"
@@ -99,7 +100,7 @@ async def span_of(
     the records of that round count (their key is a customer id `cust-<run>-…`)."""
     c = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=s.kafka_bootstrap,
+        **kafka_client_options(s),
         group_id=None,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
@@ -296,7 +297,7 @@ async def collect_latency(
 ) -> list[float]:
     c = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=s.kafka_bootstrap,
+        **kafka_client_options(s),
         group_id=None,
         auto_offset_reset="latest",
         fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,

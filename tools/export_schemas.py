@@ -69,8 +69,6 @@ MEANINGS: dict[str, dict[str, str]] = {
         "consumer joins its group in about half of it; a dead one is noticed after it.",
         "kafka_replication_factor": "Replication factor of the topics `python -m "
         "shared.topics` creates. Use 3 on a production cluster.",
-        "redis_url": "Redis URL (`redis://`, `rediss://` for TLS; a password goes in the URL). "
-        "One Redis primary, not Redis Cluster (docs/architecture.md).",
         "redis_socket_timeout_s": "Redis command timeout.",
         "redis_connect_timeout_s": "Redis connect timeout.",
         "http_host": "Address the HTTP server binds.",

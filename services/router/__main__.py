@@ -15,6 +15,7 @@ from shared.config import DEFAULT_API_TOKEN, RouterSettings, load_settings
 from shared.errors import ConfigError
 from shared.gctune import tune_gc
 from shared.logging import setup_logging
+from shared.security import check_connection_settings
 from shared.signing import Signer
 from shared.templates import use_templates
 from shared.topics import missing_topics, topic_specs
@@ -27,6 +28,7 @@ def main() -> None:
         if settings.api_token.get_secret_value() in ("", DEFAULT_API_TOKEN):
             raise ConfigError("set TONGDA_API_TOKEN: the API refuses to run with the default token")
         Signer.from_settings(settings)  # no signing key, no start (shared/signing.py)
+        check_connection_settings(settings)  # TLS/SASL/ACL settings (shared/security.py)
         plans = load_plans(settings.plans_path)
         use_templates(settings.templates_path)  # the variables requests must carry
         policy = load_policy(settings.policy_preset, settings.policy_path)

@@ -38,6 +38,7 @@ from shared.health import LagMeter
 from shared.http import redis_check, server_options
 from shared.kafka import make_consumer, make_producer, send_deadletter
 from shared.redis import make_redis
+from shared.security import faust_broker_credentials
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def create_app(
     app = faust.App(
         s.faust_app_id,
         broker=f"kafka://{s.kafka_bootstrap}",
+        broker_credentials=faust_broker_credentials(s),
         web_enabled=False,
         processing_guarantee="at_least_once",
         topic_allow_declare=False,

@@ -26,6 +26,7 @@ from shared.config import CommonSettings
 from shared.kafka import key_partition
 from shared.redis import RedisMeter
 from shared.resp import execute, pack
+from shared.security import kafka_client_options
 from shared.signing import Signer, internal_topics
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ class Outbox:
         if not inputs:
             return 0
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client_options(self.settings),
             client_id=f"{self.settings.kafka_client_id}-outbox-recovery",
             enable_auto_commit=False,
             group_id=None,

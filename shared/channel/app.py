@@ -25,6 +25,7 @@ from shared.http import (
 )
 from shared.http import redis_check as ping_redis
 from shared.logging import setup_logging
+from shared.security import check_connection_settings
 from shared.signing import Signer
 from shared.templates import check_templates, log_template_report, use_templates
 
@@ -127,6 +128,7 @@ def run(channel: Channel, make_provider: ProviderFactory) -> None:
     try:
         check_message_templates(settings)
         Signer.from_settings(settings)  # no signing key: exit 2 before connecting anywhere
+        check_connection_settings(settings)  # TLS/SASL/ACL settings (shared/security.py)
         app = create_app(settings, make_provider(settings))
         web.run_app(
             app,
