@@ -50,6 +50,7 @@ from shared.config import ChannelSettings
 from shared.contract.codec import dumps
 from shared.errors import ConfigError
 from shared.templates import Message
+from tests.signing_keys import SIGNING_ENV
 from tools.devstack import free_port
 from tools.peers.smtp import dsn
 
@@ -738,6 +739,7 @@ def test_every_smtp_setting_is_documented() -> None:
 @pytest.mark.slow  # a process start (3 to 7 s here); build_provider's ConfigError is tested above
 def test_the_service_exits_2_on_a_missing_smtp_setting() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGDA_")} | {
+        **SIGNING_ENV,  # so that the missing SMTP setting is what stops it
         "TONGDA_PROVIDER": "smtp",
         "TONGDA_SMTP_FROM_ADDRESS": "noreply@bank.example",
     }
