@@ -120,14 +120,7 @@ class Outbox:
     async def sent(self, raise_errors: bool = True) -> None:
         """Wait until the records of the last `start_send` are acknowledged."""
         task, self._sending = self._sending, None
-        if task is None:
-            return
-        try:
-            await task
-        except Exception:
-            if raise_errors:
-                raise
-            log.warning("sending the outbox failed; recovery checks the entries", exc_info=True)
+        await _finished(task, raise_errors, "sending the outbox")
 
     async def flush(self) -> None:
         """Wait for everything in flight: records being sent, then their clean-up."""
@@ -175,14 +168,7 @@ class Outbox:
     async def settled(self, raise_errors: bool = True) -> None:
         """Wait until the outbox entries of the last acknowledged records are cleared."""
         task, self._clearing = self._clearing, None
-        if task is None:
-            return
-        try:
-            await task
-        except Exception:
-            if raise_errors:
-                raise
-            log.warning("outbox clean-up failed; recovery checks the entries", exc_info=True)
+        await _finished(task, raise_errors, "the outbox clean-up")
 
     async def _partition(self, topic: str, key: bytes) -> int:
         parts = self._partitions.get(topic)
@@ -349,3 +335,16 @@ class Outbox:
                 if await reader.position(tp) >= ends[tp]:
                     del todo[tp]
         return found
+
+
+async def _finished(task: asyncio.Task[None] | None, raise_errors: bool, what: str) -> None:
+    """Await a background step of the outbox; its error is raised, or logged when the caller
+    only drains (recovery checks the entries either way)."""
+    if task is None:
+        return
+    try:
+        await task
+    except Exception:
+        if raise_errors:
+            raise
+        log.warning("%s failed; recovery checks the entries", what, exc_info=True)

@@ -42,6 +42,7 @@ from shared.channel.provider import Completed
 from shared.config import ChannelSettings
 from shared.contract.models import Dispatch
 from shared.health import RateLimitedLog
+from shared.masking import mask_address
 from shared.redis import RedisMeter
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,13 @@ class Claims:
                     # sent (`s`, or `1` from older versions), or expired meanwhile
                     log.info(
                         "attempt already sent (the provider answered before); not sent again",
-                        extra=_extra(d),
+                        extra=log_fields(d),
                     )
                     result.done.append(d)
                 elif owner == self.liveness.instance:
                     log.info(
                         "attempt already handled by this process; not sent again",
-                        extra=_extra(d),
+                        extra=log_fields(d),
                     )
                     result.mine.append(d)
                 else:
@@ -204,7 +205,7 @@ class Claims:
                     for d, _ in taken:
                         log.warning(
                             "attempt still claimed by a live channel process; left to it",
-                            extra=_extra(d),
+                            extra=log_fields(d),
                         )
                     return
                 await asyncio.sleep(0.5)  # a live process finishing its send, or dying
@@ -222,14 +223,14 @@ class Claims:
                     "attempt answered by the provider (%s); its outcome was being published by "
                     "a channel process that is gone: publishing it",
                     answer["o"],
-                    extra={**_extra(d), "claimed_by": instance},
+                    extra={**log_fields(d), "claimed_by": instance},
                 )
                 result.orphans.append((d, Completed(answer["o"], answer["p"], answer["d"])))
         elif await self._take_over(keys=[key], args=[value, self.mark]):
             log.warning(
                 "attempt claimed by a channel process that is gone before the provider "
                 "answered; reporting it failed",
-                extra={**_extra(d), "claimed_by": instance},
+                extra={**log_fields(d), "claimed_by": instance},
             )
             result.orphans.append((d, Completed("failed", None, ORPHAN_DETAIL)))
 
@@ -258,9 +259,8 @@ def _owner(value: str | None) -> str | None:
     return None
 
 
-def _extra(dispatch: Dispatch) -> dict[str, object]:
-    from shared.masking import mask_address
-
+def log_fields(dispatch: Dispatch) -> dict[str, object]:
+    """What a log line says of an attempt: ids and the masked recipient, never the address."""
     return {
         "notification_id": dispatch.notification_id,
         "leg": dispatch.leg,

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from jinja2 import TemplateError
 from redis.asyncio import Redis
 
-from shared.channel.claims import Claims, Liveness, dispatch_claim_key
+from shared.channel.claims import Claims, Liveness, dispatch_claim_key, log_fields
 from shared.channel.outcomes import AttemptRef, OutcomePublisher
 from shared.channel.provider import Accepted, Completed, Provider, SendResult
 from shared.channel.receipts import ReceiptBook
@@ -29,7 +29,6 @@ from shared.contract.models import Dispatch
 from shared.errors import InvalidEvent
 from shared.health import LagMeter, RateLimitedLog, Watchdog
 from shared.kafka import Batch, Record, send_deadletter
-from shared.masking import mask_address
 from shared.metrics import (
     BATCH_SECONDS,
     BATCH_SIZE,
@@ -246,20 +245,20 @@ class ChannelWorker:
                 template, dispatch.locale, dispatch.data, dispatch.channel, dispatch.category
             )
         except TemplateError as exc:  # a missing variable, a value that cannot be formatted
-            log.warning("template %s failed: %s", template, exc, extra=_extra(dispatch))
+            log.warning("template %s failed: %s", template, exc, extra=log_fields(dispatch))
             return Completed("failed", detail=f"template error: {exc}")
         except Exception as exc:
-            log.warning("template %s failed", template, extra=_extra(dispatch), exc_info=True)
+            log.warning("template %s failed", template, extra=log_fields(dispatch), exc_info=True)
             return Completed("failed", detail=f"template error: {type(exc).__name__}: {exc}")
         PROVIDER_SENDS.labels(channel=self.channel, provider=self.provider.name).inc()
         timeout = self.settings.send_timeout_s
         try:
             return await asyncio.wait_for(self.provider.send(dispatch, message), timeout)
         except TimeoutError:
-            log.warning("provider send timed out", extra=_extra(dispatch))
+            log.warning("provider send timed out", extra=log_fields(dispatch))
             return Completed("failed", detail=f"provider did not answer within {timeout:g} s")
         except Exception as exc:
-            log.warning("provider send failed", extra=_extra(dispatch), exc_info=True)
+            log.warning("provider send failed", extra=log_fields(dispatch), exc_info=True)
             return Completed("failed", detail=f"{type(exc).__name__}: {exc}")
 
     async def _decode(self, record: Record) -> Dispatch | None:
@@ -293,11 +292,3 @@ class ChannelWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-
-def _extra(dispatch: Dispatch) -> dict[str, object]:
-    return {
-        "notification_id": dispatch.notification_id,
-        "leg": dispatch.leg,
-        "attempt": dispatch.attempt,
-        "recipient": mask_address(dispatch.channel, dispatch.recipient),
-    }
