@@ -20,7 +20,7 @@ UP_ARGS ?=
 export PYTHONDONTWRITEBYTECODE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench bench-sms schemas clean intent-eval
+.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench bench-fsync bench-sms schemas clean intent-eval
 
 help: ## list the targets
 	@echo "tongda — make targets:"
@@ -87,6 +87,9 @@ typecheck: $(STAMP) ## mypy (strict; config in pyproject.toml) on shared, servic
 
 bench: $(STAMP) ## throughput/latency benchmark (tools.bench)
 	$(PY) -m tools.bench
+
+bench-fsync: $(STAMP) ## the router's throughput with Redis appendfsync always beside everysec (tools.bench_fsync)
+	$(PY) -m tools.bench_fsync
 
 bench-sms: $(STAMP) ## SMPP submits/s against the test SMSC beside the rate limit (tools.bench_sms)
 	$(PY) -m tools.bench_sms

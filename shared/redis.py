@@ -91,3 +91,27 @@ class RedisMeter:
     async def ping(self, redis: Redis) -> None:
         """PING, timed as `ping` (readiness checks)."""
         await self.timed("ping", redis.ping())
+
+
+async def durability_warning(redis: Redis) -> str | None:
+    """What is wrong with the server's persistence for tongda's state, or None: the router
+    needs `appendonly yes` and `appendfsync always` (docs/operations.md; a server that may
+    lose its last second of acknowledged writes can make the router produce an effect twice).
+    None also when the server does not let us ask (CONFIG disabled, as on managed Redis)."""
+    try:
+        conf = await redis.config_get("append*")
+    except Exception:
+        return None
+    values = {_text(k): _text(v) for k, v in conf.items()}
+    if values.get("appendonly") != "yes" or values.get("appendfsync") != "always":
+        return (
+            f"Redis runs with appendonly={values.get('appendonly')} "
+            f"appendfsync={values.get('appendfsync')}: a crash can lose acknowledged state and "
+            "the router may then produce an effect twice; run it with appendonly yes and "
+            "appendfsync always (docs/operations.md)"
+        )
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

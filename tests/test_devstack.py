@@ -167,13 +167,13 @@ def test_redis_keeps_its_state_across_restarts_and_kills(tmp_path: Path) -> None
         client = SyncRedis(host="127.0.0.1", port=server.port)
         try:
             assert client.config_get("appendonly") == {"appendonly": "yes"}
-            assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+            assert client.config_get("appendfsync") == {"appendfsync": "always"}
             client.set("kept", b"1")
             server.restart()  # SIGTERM: the AOF is flushed on the way out
             assert client.get("kept") == b"1"
             client.set("kept", b"2")
-            # SIGKILL: redis writes the AOF before it replies (fsync follows within a second;
-            # only an OS crash could lose the page cache), so an acknowledged write survives
+            # SIGKILL: with appendfsync always redis writes and fsyncs the AOF before it
+            # replies, so an acknowledged write survives
             server.kill()
             server.start()
             assert client.get("kept") == b"2"

@@ -37,7 +37,7 @@ from shared.gctune import freeze_now
 from shared.health import LagMeter
 from shared.http import redis_check, server_options
 from shared.kafka import make_consumer, make_producer, send_deadletter
-from shared.redis import make_redis
+from shared.redis import durability_warning, make_redis
 from shared.security import faust_broker_credentials
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class RouterService(mode.Service):
     async def on_start(self) -> None:
         s = self.settings
         self.redis = make_redis(s)
+        if (warning := await durability_warning(self.redis)) is not None:
+            log.warning(warning)
         self.producer = make_producer(s, f"{s.kafka_client_id}-router")
         await self.producer.start()
         core = await build_core(

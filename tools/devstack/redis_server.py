@@ -16,10 +16,11 @@ from tools.devstack.process import InfraProcess
 class RedisServer(InfraProcess):
     """Our own `redis-server` on 127.0.0.1:`port`, persisted like production.
 
-    It runs with the append-only file on (`appendonly yes`, `appendfsync everysec`, what
-    docs/operations.md recommends) in `data_dir` (default: `redis-<port>` next to the log), so a
-    restart (`restart()`, or `kill()` + `start()`) comes back with what was written up to about
-    a second before. `wipe()` deletes that state (a fresh stack starts from an empty Redis).
+    It runs with the append-only file on (`appendonly yes`, `appendfsync always`, what
+    docs/operations.md requires: no acknowledged write is lost) in `data_dir` (default:
+    `redis-<port>` next to the log), so a restart (`restart()`, or `kill()` + `start()`) comes
+    back with every write it acknowledged. `wipe()` deletes that state (a fresh stack starts
+    from an empty Redis).
     """
 
     kind = "redis"
@@ -74,7 +75,7 @@ class RedisServer(InfraProcess):
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                "always",
                 "--daemonize",
                 "no",
                 "--dir",
