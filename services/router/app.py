@@ -222,9 +222,10 @@ def create_app(
         event: Any, what: str, handler: Callable[[InquiryDesk, bytes | None], Awaitable[str]]
     ) -> None:
         """One inquiry-side event: invalid → dead letter; Redis or broker trouble → try
-        again with backoff (never lost: the offset is not committed until it is handled)."""
+        again with backoff until it is handled or the agent is cancelled at shutdown (never
+        lost: an event not handled is not acknowledged, and comes again after a restart)."""
         delay_s = 0.2
-        while not service.stopping.is_set():
+        while True:
             if service.desk is None or service.producer is None:
                 await asyncio.sleep(delay_s)
                 continue
