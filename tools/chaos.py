@@ -177,6 +177,16 @@ def build_event(s: Scenario, nid: str, customer: str, now: datetime) -> dict[str
     return event
 
 
+async def serving(svc: Service, deadline_s: float) -> None:
+    """Until `svc` answers /readyz 200. Unlike `Service.wait_ready`, a process that is not
+    running is waited for too: another fault may be restarting it."""
+    deadline = time.monotonic() + deadline_s
+    while not (svc.running and await svc.probe()):
+        if time.monotonic() > deadline:
+            raise DevstackError(f"{svc.name} not ready after {deadline_s:.0f} s")
+        await asyncio.sleep(0.2)
+
+
 def log_bytes(log_dir: Path) -> int:
     return sum(p.stat().st_size for p in log_dir.glob("*.log") if p.is_file())
 
@@ -384,7 +394,7 @@ class Campaign:
         if fault.kind in ("sigkill", "sigterm"):
             return
         # The broker and Redis have no /readyz of ours: recovered once every service is.
-        await asyncio.gather(*(s.wait_ready(READY_TIMEOUT_S) for s in stack.services.values()))
+        await asyncio.gather(*(serving(s, READY_TIMEOUT_S) for s in stack.services.values()))
         fault.ready = time.monotonic()
 
     # -- the run --
