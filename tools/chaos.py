@@ -128,7 +128,12 @@ class Result:
     @property
     def ok(self) -> bool:
         return not (
-            self.lost or self.duplicated or self.unexpected or self.unaudited or self.sent_twice
+            self.lost
+            or self.duplicated
+            or self.unexpected
+            or self.unaudited
+            or self.sent_twice
+            or any(f.error for f in self.faults)
         )
 
 
@@ -348,7 +353,7 @@ class Campaign:
             try:
                 await self._one(fault)
             except Exception as exc:  # reported in the table; the run goes on
-                fault.error = f"{type(exc).__name__}: {exc}"[:300]
+                fault.error = fault.error or f"{type(exc).__name__}: {exc}"[:300]
                 self.say(f"fault {fault.name} failed: {fault.error}")
             fault.log_bytes = log_bytes(self.stack.log_dir) - before
             self.done_faults += 1
@@ -360,12 +365,12 @@ class Campaign:
             svc.kill()
             fault.injected = time.monotonic()
             await asyncio.sleep(0)
-            await svc.start(READY_TIMEOUT_S)
+            await self._restart(svc, fault)
         elif fault.kind == "sigterm":
             svc = stack.service(fault.target)
             await svc.stop()
             fault.injected = time.monotonic()
-            await svc.start(READY_TIMEOUT_S)
+            await self._restart(svc, fault)
         elif fault.kind == "redis kill -9":
             stack.redis.kill()
             fault.injected = time.monotonic()
@@ -396,6 +401,20 @@ class Campaign:
         # The broker and Redis have no /readyz of ours: recovered once every service is.
         await asyncio.gather(*(serving(s, READY_TIMEOUT_S) for s in stack.services.values()))
         fault.ready = time.monotonic()
+
+    async def _restart(self, svc: Service, fault: Fault) -> None:
+        """Start `svc` again; a start that never gets ready is recorded in `fault.error` (the
+        run fails) and the process is killed and started once more, so one hung start does
+        not stop the rest of the campaign."""
+        for attempt in range(1, 4):
+            try:
+                await svc.start(READY_TIMEOUT_S)
+                return
+            except DevstackError as exc:
+                first = str(exc).splitlines()[0][:200]
+                fault.error = fault.error or f"start {attempt} of {svc.name} failed: {first}"
+                self.say(f"{fault.name}: start {attempt} failed ({first}); starting again")
+        raise DevstackError(f"{svc.name} did not start in 3 attempts")
 
     # -- the run --
     async def progress(self, stop: asyncio.Event, started: float) -> None:
@@ -446,9 +465,7 @@ class Campaign:
             seen=self.seen,
             faults=self.faults,
             ledger=ledger,
-            log_sizes={
-                p.name: p.stat().st_size for p in sorted(self.stack.log_dir.glob("*.log"))
-            },
+            log_sizes={p.name: p.stat().st_size for p in sorted(self.stack.log_dir.glob("*.log"))},
             seconds=time.monotonic() - started,
         )
         check(result)
@@ -575,8 +592,12 @@ def summary(r: Result) -> str:
         got = r.seen.statuses.get(nid, [])
         lines.append(f"     {nid}: " + "; ".join(_status_text(r, nid, t, v) for t, v in got))
     failed = [f for f in r.faults if f.error]
+    lines.append(
+        f"  {'ok' if not failed else 'XX':<3}every faulted process serving again: "
+        f"{len(failed)} broken"
+    )
     for f in failed[:5]:
-        lines.append(f"  fault {f.name} at +{f.due_s:.0f} s failed: {f.error}")
+        lines.append(f"     {f.name} at +{f.due_s:.0f} s: {f.error}")
     lines += ["", "PASS" if r.ok else "FAIL"]
     return "\n".join(lines)
 
