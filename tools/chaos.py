@@ -119,6 +119,7 @@ class Result:
     ledger: dict[str, int]
     log_sizes: dict[str, int]
     seconds: float
+    load_started: float = 0.0  # time.monotonic() when the first event was published
     lost: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
@@ -467,6 +468,7 @@ class Campaign:
             ledger=ledger,
             log_sizes={p.name: p.stat().st_size for p in sorted(self.stack.log_dir.glob("*.log"))},
             seconds=time.monotonic() - started,
+            load_started=self.load_started,
         )
         check(result)
         return result
@@ -598,6 +600,13 @@ def summary(r: Result) -> str:
     )
     for f in failed[:5]:
         lines.append(f"     {f.name} at +{f.due_s:.0f} s: {f.error}")
+    lines += ["", "Faults (seconds after the load started: ready again, next final status)"]
+    t0 = r.load_started
+    for f in sorted((f for f in r.faults if f.started), key=lambda f: f.started):
+        ready = f"{f.ready - f.started:.1f}" if f.ready is not None else "-"
+        nxt = f"{f.next_final - f.started:.1f}" if f.next_final is not None else "-"
+        err = f"  ERROR {f.error}" if f.error else ""
+        lines.append(f"  +{f.started - t0:6.1f}  {f.name:<16} {ready:>6} {nxt:>6}{err}")
     lines += ["", "PASS" if r.ok else "FAIL"]
     return "\n".join(lines)
 
