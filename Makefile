@@ -1,6 +1,6 @@
 # tongda: developer and CI entry points. GNU make; works on a fresh Debian machine as root.
 # `make help` lists the targets. Extra arguments: PYTEST_ARGS='-k x', DEMO_ARGS='-v',
-# UP_ARGS='--time-scale 0.1'; PROVIDERS=local runs the demo through the real providers
+# UP_ARGS='--time-scale 0.1', CHAOS_ARGS='--notifications 10000 --duration-s 600'; PROVIDERS=local runs the demo through the real providers
 # against local peers (SMPP, SMTP, FCM, SIPp); PYTHON=python3.11 picks the interpreter.
 
 SHELL := /bin/bash
@@ -16,11 +16,12 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 PROVIDERS ?=
 UP_ARGS ?=
+CHAOS_ARGS ?=
 
 export PYTHONDONTWRITEBYTECODE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench bench-fsync bench-sms schemas clean intent-eval
+.PHONY: help deps venv demo up down status test test-all pytest lint typecheck bench bench-fsync bench-sms chaos schemas clean intent-eval
 
 help: ## list the targets
 	@echo "tongda — make targets:"
@@ -93,6 +94,9 @@ bench-fsync: $(STAMP) ## the router's throughput with Redis appendfsync always b
 
 bench-sms: $(STAMP) ## SMPP submits/s against the test SMSC beside the rate limit (tools.bench_sms)
 	$(PY) -m tools.bench_sms
+
+chaos: $(STAMP) ## fault campaign: kills, drains, Redis -9, broker pause, rebalances; invariants + table (CHAOS_ARGS)
+	$(PY) -m tools.chaos $(CHAOS_ARGS)
 
 intent-eval: $(STAMP) ## classify the inquiry corpus; fails below 95% tier accuracy (tools.intent_eval)
 	$(PY) -m tools.intent_eval
