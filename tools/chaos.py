@@ -50,6 +50,7 @@ import orjson
 
 from shared.config import Topics
 from tools.devstack import DEFAULT_RUN_DIR, SERVICES, DevstackError, Service, Stack
+from tools.devstack.guard import run_guarded
 from tools.scenarios import SCENARIOS, Hop, Scenario, build_profile, new_run_id, phone
 
 Print = Callable[[str], None]
@@ -688,11 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--router-joins", type=int, default=3, help="second router join+leave")
     args = parser.parse_args(argv)
 
-    async def guarded() -> int:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    async def campaign() -> int:
         result = await run_campaign(
             notifications=args.notifications,
             duration_s=args.duration_s,
@@ -709,14 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary(result), flush=True)
         return 0 if result.ok else 1
 
-    try:
-        return asyncio.run(guarded())
-    except DevstackError as exc:
-        print(f"chaos failed: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("chaos interrupted; the stack was stopped", file=sys.stderr)
-        return 130
+    return run_guarded("chaos", campaign)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -49,7 +48,8 @@ from tools.conversations import (
     conversations_summary,
     run_conversations,
 )
-from tools.devstack import DEFAULT_RUN_DIR, DevstackError, Stack
+from tools.devstack import DEFAULT_RUN_DIR, Stack
+from tools.devstack.guard import run_guarded
 from tools.scenarios import (
     DEMO_START,
     INVALID,
@@ -612,22 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print every attempt")
     args = parser.parse_args(argv)
 
-    async def guarded() -> int:
-        # SIGTERM ends the demo like Ctrl-C does: cancelled, so the stack is stopped.
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        return await _main(args)
-
-    try:
-        return asyncio.run(guarded())
-    except DevstackError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("demo interrupted; the stack was stopped", file=sys.stderr)
-        return 130
+    return run_guarded("demo", lambda: _main(args))
 
 
 if __name__ == "__main__":
