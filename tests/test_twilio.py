@@ -1,6 +1,7 @@
 """The Twilio-style SMS and voice providers end to end: the channel service on the real
-broker and Redis sends through tests/fake_twilio.py, whose signed status callbacks become
-the attempts' outcomes on the router inbox."""
+broker and Redis sends through the local Twilio server of tools/peers/twilio.py (via
+tests/fake_twilio.py), whose signed status callbacks become the attempts' outcomes on the
+router inbox."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Provider webhooks: Twilio's signature (its published example), 403 for bad or missing
 signatures, replayed callbacks as no-ops, the rate limit's 429 losing nothing accepted, and
 inbound SMS and missed calls becoming inquiries — on the real broker and Redis, with
-tests/fake_twilio.py sending the webhooks as Twilio does."""
+the local Twilio server of tools/peers/twilio.py sending the webhooks as Twilio does."""
 
 from __future__ import annotations
 

@@ -381,6 +381,19 @@ def channel_stats(results: Sequence[NotificationResult]) -> dict[str, Counter[st
     return stats
 
 
+def provider_stats(results: Sequence[NotificationResult]) -> dict[str, dict[str, list[str]]]:
+    """Per channel and provider, the scenarios whose attempts it sent (one entry per attempt;
+    attempts not sent, suppressed or deferred, are left out)."""
+    stats: dict[str, dict[str, list[str]]] = {}
+    for n in results:
+        for a in n.attempts:
+            if a.get("outcome") in ("suppressed", "deferred") or not a.get("provider"):
+                continue
+            by = stats.setdefault(str(a.get("channel")), {})
+            by.setdefault(str(a["provider"]), []).append(n.scenario.name)
+    return stats
+
+
 def demo_stack_options(
     time_scale: float = DEFAULT_TIME_SCALE, providers: str = "sandbox"
 ) -> dict[str, Any]:
@@ -431,7 +444,8 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
             for a in n.attempts:
                 detail = f" ({_safe(a['detail'])})" if a.get("detail") else ""
                 to = _safe(a["recipient"]) if a.get("recipient") else "(no address)"
-                lines.append(f"{pad}· {a.get('channel')} to {to}: {a.get('outcome')}{detail}")
+                via = f" via {a['provider']}" if a.get("provider") else ""
+                lines.append(f"{pad}· {a.get('channel')} to {to}{via}: {a.get('outcome')}{detail}")
     lines += [
         "",
         "Channels",
@@ -443,6 +457,15 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
             f"     {channel:<8} {c['attempted']:>9} {c['delivered']:>9} {c['fell back']:>9} "
             f"{c['suppressed']:>10}"
         )
+    lines += ["", "Providers (attempts sent, by the provider that took them)"]
+    for channel, by in sorted(provider_stats(result.notifications).items()):
+        counts = []
+        for provider, names in sorted(by.items(), key=lambda kv: -len(kv[1])):
+            few = sorted(set(names))
+            counts.append(
+                f"{provider} {len(names)}" + (f" ({', '.join(few)})" if len(few) <= 3 else "")
+            )
+        lines.append(f"     {channel:<8} {', '.join(counts)}")
     lines += ["", "Dead letters (notifications.deadletter)"]
     tw = max((len(d.scenario.title) for d in result.deadletters), default=10)
     for d in result.deadletters:

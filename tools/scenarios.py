@@ -174,6 +174,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         data={"code": "604213"},
     ),
     Scenario(
+        "otp-sms-failover",
+        "one-time password (…0008): with local providers the SMSC refuses it, Twilio sends it",
+        "otp",
+        "delivered",
+        (Hop("sms", "delivered"),),
+        profile={"name": "Lin Feng", "phone": phone(8)},
+        data={"code": "318507"},
+        strict_path=True,
+    ),
+    Scenario(
         "overdue-busy-twice",
         "overdue notice, voice busy twice then answers (…0005)",
         "overdue_notice",

@@ -1,7 +1,10 @@
 """Local provider peers beside a stack (`providers="local"`): the channel services use their
-real providers (SMPP, SMTP, FCM HTTP v1, SIP) against peers on this machine instead of the
-sandbox (tools/peers: the test SMSC, an SMTP relay, the FCM server, a SIPp UAS), each
-steered by the address like the sandbox, so the demo's scenarios end the same way.
+real providers (SMPP with Twilio as failover, SMTP, FCM HTTP v1, SIP) against peers on this
+machine instead of the sandbox (tools/peers: the test SMSC, the Twilio API server, an SMTP
+relay, the FCM server, a SIPp UAS), each steered by the address like the sandbox, so the
+demo's scenarios end the same way. The SMS service runs the chain `smpp,twilio`: the SMSC
+refuses `…0008` (ESME_RSUBMITFAIL), which Twilio then takes, its signed status callbacks
+reaching the SMS service's webhook at the port chosen here (`service_port`).
 
 `LocalProviders` picks the ports, starts two supervised processes (`python -m tools.peers`
 and SIPp), and gives each channel service the TONGDA_* environment of its provider. Real
@@ -31,6 +34,7 @@ RING_TIMEOUT_S = 2.0  # real seconds of ringing before CANCEL (the sandbox rings
 BOUNCE_WINDOW_S = 3.0  # real seconds an accepted email waits for a bounce
 # The peer's 0005 count restarts after four hours on the stack's clock without a call.
 CALLBACK_RESET_SIMULATED_S = 4 * 3600.0
+TWILIO_FROM_NUMBER = "+15005550006"  # Twilio's documented test "From" number
 
 
 class PeerProcess(ManagedProcess):
@@ -87,6 +91,10 @@ class LocalProviders:
         self.data_dir = data_dir / "peers"
         self.smsc_port, self.fcm_port, self.smtp_port = free_port(), free_port(), free_port()
         self.dsn_port = free_port()  # the email service's SMTP listener (bounces)
+        self.twilio_port = free_port()
+        self.sms_http_port = free_port()  # the SMS service's: Twilio's callbacks go there
+        self.twilio_account_sid = "AC" + secrets.token_hex(16)
+        self.twilio_auth_token = secrets.token_hex(16)
         self.sip_port, self.media_port = free_udp_port(), free_udp_port(even=True)
         self.smpp_password = secrets.token_hex(4)  # SMPP 3.4: at most 8 characters
         self.fcm_key_file = self.data_dir / "fcm-service-account.json"
@@ -105,19 +113,22 @@ class LocalProviders:
             "--fcm-key-file", str(self.fcm_key_file),
             "--smtp-port", str(self.smtp_port),
             "--dsn-to", f"{HOST}:{self.dsn_port}",
+            "--twilio-port", str(self.twilio_port),
+            "--twilio-account-sid", self.twilio_account_sid,
         ]  # fmt: skip
         self.processes = [
             PeerProcess(
                 "peers",
                 log_dir / "peers.log",
                 peers_argv,
-                # the SMSC's password by environment: argv is logged and kept in .run/pids
+                # the secrets by environment: argv is logged and kept in .run/pids
                 env={
                     **os.environ,
                     "PYTHONUNBUFFERED": "1",
                     "TONGDA_SMPP_PASSWORD": self.smpp_password,
+                    "TONGDA_TWILIO_AUTH_TOKEN": self.twilio_auth_token,
                 },
-                tcp_ports=(self.smsc_port, self.fcm_port, self.smtp_port),
+                tcp_ports=(self.smsc_port, self.fcm_port, self.smtp_port, self.twilio_port),
                 detached=detached,
             ),
             PeerProcess(
@@ -143,17 +154,27 @@ class LocalProviders:
         for proc in self.processes:
             await proc.stop()
 
+    def service_port(self, name: str) -> int | None:
+        """The HTTP port service `name` must listen on (the SMS service's is in the Twilio
+        callbacks' URL); None: any."""
+        return self.sms_http_port if name == "sms" else None
+
     def service_env(self, name: str) -> dict[str, str]:
         """The provider configuration of service `name` (nothing for the router's own)."""
         if name == "router":
             return {"TONGDA_MIN_REAL_TIMEOUT_S": repr(ROUTER_MIN_REAL_TIMEOUT_S)}
         if name == "sms":
             return {
-                "TONGDA_PROVIDER": "smpp",
+                "TONGDA_PROVIDER": "smpp,twilio",  # failover chain: SMPP first
                 "TONGDA_SMPP_HOST": HOST,
                 "TONGDA_SMPP_PORT": str(self.smsc_port),
                 "TONGDA_SMPP_SYSTEM_ID": "tongda",
                 "TONGDA_SMPP_PASSWORD": self.smpp_password,
+                "TONGDA_TWILIO_BASE_URL": f"http://{HOST}:{self.twilio_port}",
+                "TONGDA_TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+                "TONGDA_TWILIO_AUTH_TOKEN": self.twilio_auth_token,
+                "TONGDA_TWILIO_FROM_NUMBER": TWILIO_FROM_NUMBER,
+                "TONGDA_TWILIO_PUBLIC_URL": f"http://{HOST}:{self.sms_http_port}",
             }
         if name == "email":
             return {

@@ -98,6 +98,7 @@ class Stack:
             name: Service(
                 name,
                 self.log_dir / f"{name}.log",
+                self.peers.service_port(name) if self.peers is not None else None,
                 env=self.service_env(name),
                 detached=opts.detached,
             )

@@ -1,8 +1,10 @@
-"""`python -m tools.peers`: the test SMSC, the FCM server and the SMTP relay in one process.
+"""`python -m tools.peers`: the test SMSC, the FCM server, the SMTP relay and the Twilio
+API server in one process.
 
 Started by the dev stack (tools/devstack/peers.py) for `make demo PROVIDERS=local`. It
 writes the FCM service account key file (`--fcm-key-file`, mode 0600) before listening, and
-listens on the given ports of 127.0.0.1 until SIGTERM or SIGINT.
+listens on the given ports of 127.0.0.1 until SIGTERM or SIGINT. The SMSC's password and the
+Twilio auth token come from the environment (argv is logged and kept in .run/pids).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from aiohttp import web
 from services.sms.smpp.testsmsc import TestSmsc
 from tools.peers.fcm import FakeFcm, service_account
 from tools.peers.smtp import BouncingRelay, close_relay, serve_relay
+from tools.peers.twilio import FakeTwilio
 
 log = logging.getLogger("tools.peers")
 
@@ -65,25 +68,36 @@ async def serve(args: argparse.Namespace) -> None:
         steering="contract",
     )
     await smsc.start()
+
+    twilio = FakeTwilio(args.twilio_account_sid, args.twilio_auth_token, steering="contract")
+    await twilio.start(args.twilio_port)
     log.info(
-        "peers ready: SMSC :%d, FCM :%d, SMTP relay :%d (DSNs to %s)",
+        "peers ready: SMSC :%d, FCM :%d, SMTP relay :%d (DSNs to %s), Twilio API :%d",
         smsc.port,
         args.fcm_port,
         args.smtp_port,
         args.dsn_to,
+        args.twilio_port,
     )
     try:
         await stop.wait()
     finally:
+        await twilio.close()
         await smsc.stop()
         await close_relay(smtp_server, relay)
         await runner.cleanup()
+        refused = sum(1 for s in smsc.submits if s.status)
         log.info(
-            "peers stopped: %d submits, %d FCM sends, %d mails (%d bounced)",
+            "peers stopped: %d submits (%d refused), %d FCM sends, %d mails (%d bounced), "
+            "%d Twilio messages (%d status callbacks, %d answered 200)",
             len(smsc.submits),
+            refused,
             len(fcm.sends),
             relay.accepted,
             relay.bounced,
+            len(twilio.messages),
+            len(twilio.callbacks),
+            sum(1 for c in twilio.callbacks if c.status == 200),
         )
 
 
@@ -102,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fcm-key-file", type=Path, required=True)
     parser.add_argument("--smtp-port", type=int, required=True)
     parser.add_argument("--dsn-to", required=True, help="host:port of tongda's SMTP listener")
+    parser.add_argument("--twilio-port", type=int, required=True)
+    parser.add_argument("--twilio-account-sid", default="AC" + "0" * 32)
+    parser.add_argument(
+        "--twilio-auth-token",
+        default=os.environ.get("TONGDA_TWILIO_AUTH_TOKEN", "secret"),
+        help="default: $TONGDA_TWILIO_AUTH_TOKEN (keep it off the command line)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every address

@@ -14,7 +14,8 @@ every connection, or send a borrower's message (MO deliver_sm). Every submit is 
 
 With `steering="contract"` (the local demo's peer, tools/peers) it answers like the SMS
 sandbox of docs/CONTRACT.md instead: 0003 ESME_RINVDSTADR, 0004 `stat:UNDELIV` (failed),
-anything else `stat:DELIVRD`.
+anything else `stat:DELIVRD` — except 0008, refused with ESME_RSUBMITFAIL (a `failed` send,
+so the demo's SMS failover chain `smpp,twilio` sends it through Twilio).
 
 `python -m services.sms.smpp.testsmsc --port 2775 --system-id tongda --password secret`
 runs one in the foreground.
@@ -43,6 +44,11 @@ Steering = Literal["tests", "contract"]
 RECEIPTS: dict[Steering, dict[str, tuple[str, str] | None]] = {
     "tests": {"0005": ("UNDELIV", "001"), "0006": ("REJECTD", "002"), "0007": None},
     "contract": {"0004": ("UNDELIV", "001")},
+}
+# submit_sm refusals (besides 0003's ESME_RINVDSTADR) by the destination's last four digits
+REFUSALS: dict[Steering, dict[str, int]] = {
+    "tests": {},
+    "contract": {"0008": pdu.ESME_RSUBMITFAIL},
 }
 
 
@@ -98,6 +104,7 @@ class TestSmsc:
         self.receipt_delay_s = receipt_delay_s
         self.receipt_tlvs = receipt_tlvs
         self.receipt_table = RECEIPTS[steering]
+        self.refusals = REFUSALS[steering]
         self.submits: list[Submitted] = []
         self.binds = 0
         self.bind_failures = 0
@@ -261,9 +268,10 @@ class TestSmsc:
             peer.send(Pdu(pdu.SUBMIT_SM_RESP, pdu.ESME_RTHROTTLED, p.sequence))
             return
         dest = sm.destination_addr
-        if dest.endswith("0003"):
-            self.submits.append(Submitted(sm, "", pdu.ESME_RINVDSTADR))
-            peer.send(Pdu(pdu.SUBMIT_SM_RESP, pdu.ESME_RINVDSTADR, p.sequence))
+        refusal = pdu.ESME_RINVDSTADR if dest.endswith("0003") else self.refusals.get(dest[-4:])
+        if refusal is not None:
+            self.submits.append(Submitted(sm, "", refusal))
+            peer.send(Pdu(pdu.SUBMIT_SM_RESP, refusal, p.sequence))
             return
         message_id = f"{next(self._ids):x}"
         self.submits.append(Submitted(sm, message_id, pdu.ESME_ROK))
