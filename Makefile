@@ -1,7 +1,7 @@
 # tongda: developer and CI entry points. GNU make; works on a fresh Debian machine as root.
 # `make help` lists the targets. Extra arguments: PYTEST_ARGS='-k x', DEMO_ARGS='-v',
 # UP_ARGS='--time-scale 0.1', CHAOS_ARGS='--notifications 10000 --duration-s 600'; PROVIDERS=local runs the demo through the real providers
-# against local peers (SMPP, SMTP, FCM, SIPp); PYTHON=python3.11 picks the interpreter.
+# against local peers (SMPP+Twilio, SMTP, FCM, SIPp); PYTHON=python3.11 picks the interpreter.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c

@@ -80,4 +80,4 @@ async def test_demo_scenarios_through_the_local_peers(
     log = (stack.log_dir / "peers.log").read_text()
     stopped = re.search(r"peers stopped: .*", log)
     assert stopped is not None, log[-2000:]
-    assert "1 Twilio messages (3 status callbacks, 3 answered 200)" in stopped[0], stopped[0]
+    assert "Twilio: 1 messages, 3 status callbacks (3 answered 200)" in stopped[0], stopped[0]

@@ -5,6 +5,7 @@ router inbox."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from channel_support import collect, produce
 from channel_support import dispatch as make_dispatch
 from fake_twilio import twilio_service
@@ -23,10 +25,13 @@ from services.sms.twilio import TwilioSms
 from services.voice.providers import build_provider as build_voice
 from services.voice.twilio import TwilioVoice
 from shared.channel.provider import ProviderContext
+from shared.channel.webhooks import valid_twilio_signature
 from shared.config import ChannelSettings
 from shared.contract.codec import decode, dumps
 from shared.contract.models import AttemptOutcome, Channel, Dispatch
 from shared.errors import ConfigError
+from tools.devstack import free_port
+from tools.peers.twilio import FakeTwilio
 
 pytest_plugins = ["channel_support"]
 
@@ -201,3 +206,55 @@ async def test_configuration_from_env_and_a_mounted_token_file(
     with pytest.raises(ConfigError, match="TONGDA_TWILIO_WEBHOOK_BURST") as err:
         build_sms(s.model_copy(update={"channel": "sms"}))
     assert "many" not in str(err.value)
+
+
+async def test_the_demo_steering_answers_like_the_sms_sandbox() -> None:
+    """`steering="contract"` (the Twilio peer of `make demo PROVIDERS=local`): …0003 refused
+    with 21211, …0004 failed, every other number delivered (…0005 too, unlike the tests'
+    table); the status callbacks carry a signature our webhook check accepts."""
+    got: list[tuple[dict[str, str], bool]] = []
+    arrived = asyncio.Event()
+    token = "demo-token-0123456789abcdef"
+
+    async def callback(request: web.Request) -> web.Response:
+        params = {k: str(v) for k, v in (await request.post()).items()}
+        signature = request.headers.get("X-Twilio-Signature")
+        ok = valid_twilio_signature(token, str(request.url), params.items(), signature)
+        got.append((params, ok))
+        if params["MessageStatus"] in ("delivered", "failed", "undelivered"):
+            arrived.set()
+        return web.Response(text="<Response/>", content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/status", callback)
+    receiver = web.AppRunner(app, access_log=None)
+    await receiver.setup()
+    port = free_port()
+    await web.TCPSite(receiver, "127.0.0.1", port).start()
+    fake = FakeTwilio("AC" + "1" * 32, token, steering="contract")
+    base = await fake.start(free_port())
+    url = f"{base}/2010-04-01/Accounts/{fake.account_sid}/Messages.json"
+    answers: dict[str, tuple[int, dict[str, Any]]] = {}
+    finals: dict[str, str] = {}
+    try:
+        auth = {"Authorization": aiohttp.encode_basic_auth(fake.account_sid, token)}
+        async with aiohttp.ClientSession(headers=auth) as http:
+            for suffix in ("0003", "0004", "0005", "9999"):
+                form = {
+                    "To": number(suffix),
+                    "From": "+15005550006",
+                    "Body": "code 318507",
+                    "StatusCallback": f"http://127.0.0.1:{port}/status",
+                }
+                async with http.post(url, data=form) as resp:
+                    answers[suffix] = (resp.status, await resp.json())
+                if resp.status == 201:
+                    await asyncio.wait_for(arrived.wait(), 10)
+                    arrived.clear()
+                    finals[suffix] = got[-1][0]["MessageStatus"]
+    finally:
+        await fake.close()
+        await receiver.cleanup()
+    assert answers["0003"][0] == 400 and answers["0003"][1]["code"] == 21211
+    assert finals == {"0004": "failed", "0005": "delivered", "9999": "delivered"}
+    assert len(got) == 9 and all(ok for _, ok in got)  # queued, sent, final for each

@@ -9,9 +9,10 @@ its final status; then borrowers write back through the sandbox's `/sandbox/inbo
 a summary and stops everything, also on Ctrl-C or failure.
 
 `--providers local` (`make demo PROVIDERS=local`) runs the channels' real providers
-(SMPP, SMTP, FCM HTTP v1, SIP) against local peers started with the stack instead of the
-sandbox (tools/devstack/peers.py); the scenarios and the expected outcomes are the same (the
-conversations, which need the sandbox's `/sandbox/inbound`, are not played).
+(SMPP with Twilio as failover, SMTP, FCM HTTP v1, SIP) against local peers started with the
+stack instead of the sandbox (tools/devstack/peers.py); the scenarios and the expected
+outcomes are the same (the conversations, which need the sandbox's `/sandbox/inbound`, are
+not played). The summary names the provider that took each channel's attempts.
 
 `--bootstrap HOST:PORT` runs the same script against a stack that is already up (e.g.
 `make up`; ids are unique per run). Exit status: 0 when every notification reached its
@@ -459,12 +460,10 @@ def summary(result: DemoResult, verbose: bool = False) -> str:
         )
     lines += ["", "Providers (attempts sent, by the provider that took them)"]
     for channel, by in sorted(provider_stats(result.notifications).items()):
-        counts = []
-        for provider, names in sorted(by.items(), key=lambda kv: -len(kv[1])):
-            few = sorted(set(names))
-            counts.append(
-                f"{provider} {len(names)}" + (f" ({', '.join(few)})" if len(few) <= 3 else "")
-            )
+        counts = []  # the channel's main provider first; the others with their scenarios
+        for i, (provider, names) in enumerate(sorted(by.items(), key=lambda kv: -len(kv[1]))):
+            which = f" ({', '.join(sorted(set(names)))})" if i else ""
+            counts.append(f"{provider} {len(names)}{which}")
         lines.append(f"     {channel:<8} {', '.join(counts)}")
     lines += ["", "Dead letters (notifications.deadletter)"]
     tw = max((len(d.scenario.title) for d in result.deadletters), default=10)

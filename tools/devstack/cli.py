@@ -276,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--providers",
         choices=("sandbox", "local"),
         default="sandbox",
-        help="local: the channels' real providers against local peers (SMPP, SMTP, FCM, SIPp)",
+        help="local: the channels' real providers against local peers "
+        "(SMPP+Twilio, SMTP, FCM, SIPp)",
     )
     up.add_argument("--log-format", choices=("json", "text"), default="json")
     up.add_argument("--plans", type=Path, default=None, help="TONGDA_PLANS_PATH for the router")

@@ -7,10 +7,12 @@ real provider code:
 * `sip`: a SIPp UAS scenario (the voice channel's SIP provider calls it);
 * `smtp`: an aiosmtpd relay that bounces `bounce@…` with a DSN to the email service;
 * `fcm`: Google's OAuth2 token endpoint and FCM HTTP v1 (the push channel's FCM provider);
+* `twilio`: Twilio's Messages and Calls REST API and its signed status callbacks (the SMS
+  channel's failover provider in the demo, the Twilio tests' server);
 * the SMPP test SMSC lives with the SMPP code (services/sms/smpp/testsmsc.py, `steering=
   "contract"`).
 
-`python -m tools.peers` serves the SMSC, the FCM server and the SMTP relay in one process;
-tools/devstack/peers.py starts it and SIPp beside a stack and configures the channel
-services to use them.
+`python -m tools.peers` serves the SMSC, the FCM server, the SMTP relay and the Twilio
+server in one process; tools/devstack/peers.py starts it and SIPp beside a stack and
+configures the channel services to use them.
 """

@@ -89,7 +89,7 @@ async def serve(args: argparse.Namespace) -> None:
         refused = sum(1 for s in smsc.submits if s.status)
         log.info(
             "peers stopped: %d submits (%d refused), %d FCM sends, %d mails (%d bounced), "
-            "%d Twilio messages (%d status callbacks, %d answered 200)",
+            "Twilio: %d messages, %d status callbacks (%d answered 200)",
             len(smsc.submits),
             refused,
             len(fcm.sends),
