@@ -1,6 +1,7 @@
 # tongda: one image for the router, the four channel services and the topics job; the
 # Kubernetes manifests (deploy/k8s) choose the command, e.g. `python -m services.router`.
-# Not built or tested in CI yet: build it with `docker build -t tongda:latest .`.
+# Not built in CI: build it with `docker build -t tongda:latest .` (how it was verified by
+# hand, without a daemon: docs/deployment.md, "How the Dockerfile was verified").
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
