@@ -52,6 +52,15 @@ class CommonSettings(BaseSettings):
     kafka_max_request_bytes: int = 8 * 1024 * 1024
     kafka_topic_partitions: int = 4
     kafka_session_timeout_ms: int = 6_000  # a consumer joins its group in ~half of this
+    kafka_leave_group_on_close: bool = Field(
+        default=False,
+        description="whether a consumer that stops sends LeaveGroup (Java's internal "
+        "`internal.leave.group.on.close`; Kafka Streams also defaults it to false): without "
+        "it the group moves a stopped process's partitions once its session times out "
+        "(`kafka_session_timeout_ms`), which every broker handles alike; a LeaveGroup from "
+        "the group's leader during a rebalance wedges a Tansu 0.6 group for good "
+        '(docs/reliability.md, "The router start that hung")',
+    )
     kafka_replication_factor: int = 1
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT",
@@ -142,6 +151,13 @@ class CommonSettings(BaseSettings):
         description="`/readyz` answers 503 (and `tongda_consume_loop_stalled` is 1) when the "
         "consume loop completed no batch for this many seconds while records wait "
         "(docs/reliability.md).",
+    )
+    group_stuck_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="`/readyz` answers 503 (and `tongda_consumer_group_stuck` is 1) when a "
+        "consumer has waited this many seconds for its group to assign it partitions, at "
+        "start or after a rebalance began (docs/reliability.md).",
     )
     http_header_timeout_s: float = Field(
         default=15.0,

@@ -11,6 +11,8 @@
   how many were suppressed in between.
 * `consumer_lag(consumer)`: records waiting on the consumer's assigned partitions
   (high-water mark minus position); `lag_by_topic(consumer)` the same per topic.
+* `GroupWatch`: a consumer whose group membership never completes (joined, no assignment
+  for `stuck_after_s`) makes `/readyz` 503 and `tongda_consumer_group_stuck` 1.
 * `LagMeter`: keeps `tongda_consumer_lag_records{service, topic}` up to date; a consume loop
   calls `update()` after every fetch (a batch or an empty one), so the gauge moves while idle.
 
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 from aiokafka.errors import IllegalStateError
 
 from shared.masking import scrub
-from shared.metrics import CONSUMER_LAG, LOOP_STALLED
+from shared.metrics import CONSUMER_LAG, GROUP_STUCK, LOOP_STALLED
 
 log = logging.getLogger(__name__)
 
@@ -274,3 +276,76 @@ class Watchdog:
     def check(self) -> Callable[[], Awaitable[str | None]]:
         """A readiness check (shared.http.ReadinessCheck) reporting a stall."""
         return self.stalled
+
+
+class GroupWatch:
+    """Whether a consumer's group membership completes.
+
+    A consumer joins its group at start and again at every rebalance; until the group
+    coordinator hands it an assignment (even an empty one) it consumes nothing, and neither
+    the loop's `Watchdog` nor the lag can tell (no partitions, no lag). The consumer's
+    rebalance listener calls `revoked()` when a rebalance starts and `assigned()` when it
+    completes; `check()` (a readiness check) reports the group stuck when no assignment came
+    for `stuck_after_s` since the start or the last revocation, logs it at a bounded rate and
+    keeps `tongda_consumer_group_stuck{service, group}` up to date. Seen on Tansu 0.6: a
+    leader's LeaveGroup during a rebalance left the group waiting for the gone leader for
+    good (docs/reliability.md, "The router start that hung").
+    """
+
+    def __init__(
+        self,
+        service: str,
+        group: str,
+        stuck_after_s: float,
+        *,
+        logger: logging.Logger | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.group = group
+        self.stuck_after_s = stuck_after_s
+        self.clock = clock
+        self.since = clock()  # joining (or rebalancing) since
+        self.assigned_at: float | None = None
+        self.rebalances = 0
+        self.log = RateLimitedLog(logger or log, LOG_EVERY_S * 6, clock)
+        GROUP_STUCK.labels(service=service, group=group).set(0)
+
+    def joining(self) -> None:
+        """The consumer starts (and joins its group) now."""
+        self.since = self.clock()
+        self.assigned_at = None
+
+    def revoked(self) -> None:
+        """A rebalance started: the consumer must join again."""
+        if self.assigned_at is not None:
+            self.since = self.clock()
+        self.assigned_at = None
+
+    def assigned(self) -> None:
+        """The rebalance completed (an empty assignment counts)."""
+        if self.assigned_at is None:
+            self.rebalances += 1
+        self.assigned_at = self.clock()
+        GROUP_STUCK.labels(service=self.service, group=self.group).set(0)
+
+    def waiting_s(self) -> float:
+        """Seconds the consumer has waited for an assignment (0 when it has one)."""
+        return 0.0 if self.assigned_at is not None else self.clock() - self.since
+
+    async def stuck(self) -> str | None:
+        """The reason the membership counts as stuck, or None; updates the metric."""
+        waiting = self.waiting_s()
+        reason = None
+        if waiting >= self.stuck_after_s:
+            reason = (
+                f"consumer group {self.group}: no partitions assigned for {waiting:.0f} s "
+                "(a rebalance that does not complete; check the broker's group coordinator)"
+            )
+            self.log.log(logging.ERROR, f"group {self.group} stuck", "%s", reason)
+        GROUP_STUCK.labels(service=self.service, group=self.group).set(1 if reason else 0)
+        return reason
+
+    def check(self) -> Callable[[], Awaitable[str | None]]:
+        """A readiness check (shared.http.ReadinessCheck) reporting a stuck membership."""
+        return self.stuck

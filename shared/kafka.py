@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -20,6 +21,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from shared.config import CommonSettings
 from shared.errors import InvalidEvent
+from shared.health import GroupWatch
 from shared.metrics import DEADLETTERS
 from shared.security import kafka_client_options
 
@@ -33,6 +35,52 @@ Batch: TypeAlias = dict[TopicPartition, list[Record]]
 # max.message.bytes than ours) is sent again cut to this size.
 DEADLETTER_FALLBACK_BYTES = 64 * 1024
 MAX_DEADLETTER_KEY_BYTES = 4096
+
+
+_leave_on_close = [True]  # set by configure_group_leave(); read when a consumer closes
+
+
+def configure_group_leave(settings: CommonSettings) -> None:
+    """Whether consumers of this process (ours and faust's, all aiokafka) send LeaveGroup
+    when they close (`kafka_leave_group_on_close`). aiokafka has no option for it, so the
+    coordinator's leave step is wrapped once; it still leaves when its poll loop is stuck
+    (not closing), where Kafka expects it to."""
+    _leave_on_close[0] = settings.kafka_leave_group_on_close
+    original = GroupCoordinator._maybe_leave_group
+    if getattr(original, "__tongda__", False):
+        return
+
+    async def maybe_leave_group(self: GroupCoordinator) -> None:
+        if self._closing.done() and not _leave_on_close[0]:
+            log.info(
+                "consumer of group %s closes without LeaveGroup; its partitions move when "
+                "its session times out",
+                self.group_id,
+            )
+            return
+        await original(self)
+
+    maybe_leave_group.__tongda__ = True  # type: ignore[attr-defined]
+    GroupCoordinator._maybe_leave_group = maybe_leave_group
+
+
+class GroupListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells a `GroupWatch` when a rebalance starts and when it completes, around an
+    optional inner listener (which sees every call as if it were the only one)."""
+
+    def __init__(self, watch: GroupWatch, inner: ConsumerRebalanceListener | None = None) -> None:
+        self.watch = watch
+        self.inner = inner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.watch.revoked()
+        if self.inner is not None:
+            await self.inner.on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if self.inner is not None:
+            await self.inner.on_partitions_assigned(assigned)
+        self.watch.assigned()
 
 
 def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
@@ -52,6 +100,7 @@ def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
 def make_consumer(
     settings: CommonSettings, group_id: str, topics: Sequence[str], client_id: str
 ) -> AIOKafkaConsumer:
+    configure_group_leave(settings)
     return AIOKafkaConsumer(
         *topics,
         **kafka_client_options(settings),

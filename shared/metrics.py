@@ -140,6 +140,12 @@ LOOP_STALLED = Gauge(
     "records wait, else 0.",
     ["service"],
 )
+GROUP_STUCK = Gauge(
+    "tongda_consumer_group_stuck",
+    "1 while a consumer has waited longer than its limit for its group to assign it "
+    "partitions (a rebalance that does not complete), else 0.",
+    ["service", "group"],
+)
 PROVIDER_CIRCUIT_STATE = Gauge(
     "tongda_provider_circuit_state",
     "A failover provider's circuit breaker: 0 closed, 1 half-open, 2 open.",

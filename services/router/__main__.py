@@ -42,9 +42,11 @@ def main() -> None:
     except ConfigError as exc:
         print(f"tongda-router: {exc}", file=sys.stderr)
         sys.exit(2)
-    app, _ = create_app(settings, plans, policy, classifier)
+    app, service = create_app(settings, plans, policy, classifier)
     tune_gc(settings.gc_gen0_threshold)
-    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
+    worker = faust.Worker(  # starts `service` first, stops it last (services/router/app.py)
+        app, service, loglevel=settings.log_level, override_logging=False, quiet=True
+    )
     worker.spinner = None
     worker.execute_from_commandline()
 

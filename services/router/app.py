@@ -1,10 +1,13 @@
 """The router as a faust-streaming application.
 
-faust provides the lifecycle (worker, signals, services), the timer that drives the durable
-scheduler and the agent for the low-volume inquiries stream. The high-volume path (requests,
-profiles, attempt outcomes) is `RouterEngine`'s aiokafka batch loop, run by `RouterService`
-inside the same app, because faust's per-message cost caps it far below what the batch loop
-does (docs/performance.md).
+faust provides the lifecycle (worker, signals) and the agents for the low-volume inquiries
+streams. The high-volume path (requests, profiles, attempt outcomes), the durable scheduler
+and the HTTP API are `RouterService`'s: an aiokafka batch loop and a scheduler loop, because
+faust's per-message cost caps it far below what the batch loop does (docs/performance.md).
+The worker starts `RouterService` before the faust app, so routing, deferrals and `/readyz`
+never wait for faust's own consumer group: when that group assigns nothing (a rebalance
+that never completes), `/readyz` says so instead of the port staying closed
+(docs/reliability.md, "The router start that hung").
 """
 
 from __future__ import annotations
@@ -34,9 +37,15 @@ from services.router.scheduler import Scheduler
 from shared.config import RouterSettings
 from shared.errors import InvalidEvent
 from shared.gctune import freeze_now
-from shared.health import LagMeter
+from shared.health import GroupWatch, LagMeter
 from shared.http import redis_check, server_options
-from shared.kafka import make_consumer, make_producer, send_deadletter
+from shared.kafka import (
+    GroupListener,
+    configure_group_leave,
+    make_consumer,
+    make_producer,
+    send_deadletter,
+)
 from shared.redis import durability_warning, make_redis
 from shared.security import faust_broker_credentials
 
@@ -46,10 +55,15 @@ log = logging.getLogger(__name__)
 class RouterService(mode.Service):
     """The batch loop, the HTTP API and their clients, started and stopped with the app.
 
-    Stop order (SIGTERM, like Kubernetes does): the HTTP API stops taking requests and
-    finishes those in flight → the batch loop stops taking batches and finishes the one in
-    hand (state written, records acknowledged, offsets committed) → the consumer leaves its
-    group → the producer flushes → Redis closes.
+    Start order: Redis, the producer, the core, the HTTP API (answering `/readyz` from
+    then on), the consumer, the batch loop and the scheduler loop.
+
+    Stop order (SIGTERM, like Kubernetes does; the worker stops the faust app, i.e. the
+    inquiries agents, first): the HTTP API stops taking requests and finishes those in
+    flight → the scheduler loop finishes its tick → the batch loop stops taking batches and
+    finishes the one in hand (state written, records acknowledged, offsets committed) → the
+    consumer stops (its partitions move when its session times out, or at once with
+    `kafka_leave_group_on_close`) → the producer flushes → Redis closes.
     """
 
     def __init__(
@@ -58,10 +72,15 @@ class RouterService(mode.Service):
         plans: PlanBook,
         policy: ContactPolicy,
         classifier: Classifier,
+        faust_group: GroupWatch | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self.settings = settings
+        self.faust_group = faust_group  # the inquiries agents' group (faust's consumer)
+        self.batch_group = GroupWatch(
+            RouterEngine.service, settings.consumer_group, settings.group_stuck_after_s
+        )
         self.plans = plans
         self.policy = policy
         self.classifier = classifier
@@ -74,6 +93,7 @@ class RouterService(mode.Service):
         self.runner: web.AppRunner | None = None
         self.stopping = asyncio.Event()
         self.loop_task: asyncio.Task[None] | None = None
+        self.scheduler_task: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
         s = self.settings
@@ -88,27 +108,34 @@ class RouterService(mode.Service):
         self.engine, self.scheduler, self.desk = core.engine, core.scheduler, core.desk
         self.consumer = make_consumer(s, s.consumer_group, [], f"{s.kafka_client_id}-router")
         self.consumer.subscribe(
-            self.engine.input_topics(), listener=RecoveringListener(self.engine)
+            self.engine.input_topics(),
+            listener=GroupListener(self.batch_group, RecoveringListener(self.engine)),
         )
+        checks = [
+            ("redis", redis_check(self.redis, core.store.meter)),
+            ("kafka", self._kafka_check),
+            ("router_loop", self._loop_check),
+            ("consume_loop", self.engine.watchdog.check()),
+            ("consumer_group", self.batch_group.check()),
+        ]
+        if self.faust_group is not None:
+            checks.append(("inquiries_group", self.faust_group.check()))
         api = create_api(
             s,
             self.producer,
             self.redis,
             self.plans,
             self.desk,
-            [
-                ("redis", redis_check(self.redis, core.store.meter)),
-                ("kafka", self._kafka_check),
-                ("router_loop", self._loop_check),
-                ("consume_loop", self.engine.watchdog.check()),
-            ],
+            checks,
         )
         self.runner = web.AppRunner(api, handle_signals=False, access_log=None, **server_options(s))
         await self.runner.setup()
         await web.TCPSite(self.runner, s.http_host, s.http_port).start()
+        self.batch_group.joining()
         await self.consumer.start()
         freeze_now()  # what start-up allocated stays out of the collector's way
         self.loop_task = asyncio.create_task(self._run_loop(), name="router-batch-loop")
+        self.scheduler_task = asyncio.create_task(self._run_scheduler(), name="router-scheduler")
         log.info("router started", extra={"http_port": s.http_port})
 
     async def _run_loop(self) -> None:
@@ -136,6 +163,22 @@ class RouterService(mode.Service):
                 await self.crash(exc)
                 return
 
+    async def _run_scheduler(self) -> None:
+        """Every `scheduler_interval_s`: due timers (deferrals, call-backs, step timeouts),
+        then inquiry SLA deadlines; a failed tick (Redis or the broker away) is tried again
+        at the next one."""
+        assert self.scheduler is not None
+        interval_s = self.settings.scheduler_interval_s
+        while not self.stopping.is_set():
+            try:
+                await self.scheduler.tick()
+                if self.desk is not None:
+                    await self.desk.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval_s)
+
     async def _kafka_check(self) -> str | None:
         assert self.producer is not None
         parts = await self.producer.partitions_for(self.settings.topics.requested)
@@ -144,12 +187,16 @@ class RouterService(mode.Service):
     async def _loop_check(self) -> str | None:
         if self.loop_task is None or self.loop_task.done():
             return "the batch loop is not running"
+        if self.scheduler_task is None or self.scheduler_task.done():
+            return "the scheduler loop is not running"
         return None
 
     async def on_stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
         self.stopping.set()
+        if self.scheduler_task is not None:
+            await self.scheduler_task
         if self.loop_task is not None:
             try:
                 await asyncio.wait_for(self.loop_task, self.settings.drain_timeout_s)
@@ -170,9 +217,11 @@ def create_app(
     policy: ContactPolicy,
     classifier: Classifier | None = None,
 ) -> tuple[faust.App, RouterService]:
-    """The router's whole wiring: faust app, batch-loop service, scheduler timer (which also
-    fires inquiry SLA deadlines), the agents for inquiries and their resolutions."""
+    """The router's whole wiring: the faust app with the agents for inquiries and their
+    resolutions, and the service (batch loop, scheduler loop, HTTP API) the worker starts
+    before it: `faust.Worker(app, service)`."""
     s = settings
+    configure_group_leave(s)  # faust's consumer too (docs/reliability.md)
     session_s = s.kafka_session_timeout_ms / 1000
     app = faust.App(
         s.faust_app_id,
@@ -187,13 +236,19 @@ def create_app(
         broker_heartbeat_interval=max(0.1, session_s / 4),
         datadir=str(s.faust_datadir),
     )
-    service = RouterService(s, plans, policy, classifier or Classifier.from_file(s.intents_path))
+    faust_group = GroupWatch(RouterEngine.service, s.faust_app_id, s.group_stuck_after_s)
+    faust_group.joining()
+    service = RouterService(
+        s, plans, policy, classifier or Classifier.from_file(s.intents_path), faust_group
+    )
 
-    @app.service
-    class _Router(mode.Service):  # faust instantiates it; it starts and stops our instance
-        def __init__(self, **kw: Any) -> None:
-            super().__init__(**kw)
-            self.add_dependency(service)
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        faust_group.revoked()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        faust_group.assigned()
 
     lag: list[LagMeter] = []  # the inquiries agents' consumer (faust's), once it exists
 
@@ -207,16 +262,6 @@ def create_app(
             await lag[0].update()
         except Exception as exc:  # not started yet, or a rebalance: the next tick measures
             log.debug("inquiries consumer lag not measured: %r", exc)
-
-    @app.timer(interval=s.scheduler_interval_s)  # type: ignore[untyped-decorator]
-    async def scheduler_tick() -> None:
-        if service.scheduler is not None and not service.stopping.is_set():
-            try:
-                await service.scheduler.tick()
-                if service.desk is not None:
-                    await service.desk.tick()
-            except Exception:  # Redis or broker unavailable: try again next tick
-                log.exception("scheduler tick failed")
 
     async def handle(
         event: Any, what: str, handler: Callable[[InquiryDesk, bytes | None], Awaitable[str]]

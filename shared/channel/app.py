@@ -93,13 +93,14 @@ def redis_check(service: ChannelService) -> ReadinessCheck:
 
 def consumer_check(service: ChannelService) -> ReadinessCheck:
     """Ready while the consume loop runs and is not stalled (shared/health.py: no batch
-    completed for `stall_after_s` while records wait)."""
+    completed for `stall_after_s` while records wait) and its group assigns it partitions
+    (no rebalance waiting longer than `group_stuck_after_s`)."""
 
     async def check() -> str | None:
         task, worker = service.loop_task, service.worker
         if task is None or worker is None or task.done():
             return "consume loop not running"
-        return await worker.watchdog.stalled()
+        return await worker.watchdog.stalled() or await service.group_watch.stuck()
 
     return check
 

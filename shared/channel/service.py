@@ -19,7 +19,8 @@ from shared.channel.receipts import ReceiptBook
 from shared.channel.worker import ChannelWorker
 from shared.config import ChannelSettings
 from shared.errors import ConfigError
-from shared.kafka import make_consumer, make_producer
+from shared.health import GroupWatch
+from shared.kafka import GroupListener, make_consumer, make_producer
 from shared.redis import make_redis
 from shared.topics import missing_topics
 
@@ -41,6 +42,9 @@ class ChannelService:
         self.liveness: Liveness | None = None
         self.worker: ChannelWorker | None = None
         self.loop_task: asyncio.Task[None] | None = None
+        self.group_watch = GroupWatch(
+            f"tongda-{settings.channel}", settings.group, settings.group_stuck_after_s
+        )
         self._provider_started = False
 
     async def start(self) -> None:
@@ -73,7 +77,9 @@ class ChannelService:
             )
         )
         self._provider_started = True
-        self.consumer = make_consumer(s, s.group, [topics[0]], self.client_id)
+        self.consumer = make_consumer(s, s.group, [], self.client_id)
+        self.consumer.subscribe([topics[0]], listener=GroupListener(self.group_watch))
+        self.group_watch.joining()
         await self.consumer.start()
         self.worker = ChannelWorker(
             s,
@@ -100,7 +106,8 @@ class ChannelService:
            is fetched again elsewhere and skipped as already sent; attempts still without a
            receipt are ended by the router's step timeout);
         4. commit the offsets handed over and not yet committed;
-        5. stop the consumer, leaving the group so its partitions move at once;
+        5. stop the consumer (its partitions move to the other replicas once its session
+           times out; with `kafka_leave_group_on_close` it leaves the group at once);
         6. close the provider: no receipt arrives after this;
         7. flush and stop the producer;
         8. say this process is gone (its heartbeat), close Redis.
