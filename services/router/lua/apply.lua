@@ -1,14 +1,17 @@
 -- Apply a chunk of notification transitions; each one atomically (the whole chunk is).
 -- Every key name comes from Python (services/router/store.py `Keys`): none is spelled here;
--- per-customer and per-notification keys are the prefixes passed in ARGV joined to an id.
--- KEYS: 1 timers zset
+-- a transition's keys are its customer group's base (`<prefix>{g<n>}`, a Redis Cluster hash
+-- tag) joined to the suffixes passed in ARGV and an id. On Redis Cluster every transition of
+-- one call is of one group (store.py `Store.apply`), so the call touches one hash slot.
+-- KEYS: 1 the timers zset of the first transition's group (what a cluster routes by)
 -- ARGV: 1 retention seconds, 2 timeline max records, 3 ledger ttl seconds,
---       4 ledger prune-before score, key prefixes: 5 state, 6 customer's notification set,
+--       4 ledger prune-before score, key suffixes: 5 state, 6 customer's notification set,
 --       7 timeline, 8 ledger; 9 the ledger's version member (ledger.py, scored minus the
---       version); then each transition as a run of arguments
+--       version); 10 the timers zset's suffix; then each transition as a run of arguments
 --       (store.py `Store.apply`), a list being its length (number of values) then its values:
---         expected version (0 = must not exist), notification id, customer id, state json,
---         outbox key, outbox {id, blob, ...}, timer adds {score, member, ...},
+--         expected version (0 = must not exist), notification id, customer id, the customer
+--         group's key base, state json, outbox key, outbox {id, blob, ...},
+--         timer adds {score, member, ...},
 --         timer deletes {member, ...}, timeline entries {json, ...},
 --         ledger version the decision read (-1: the decision did not read the ledger),
 --         ledger adds {score, member, ...}, ledger removes {member, ...}
@@ -20,7 +23,8 @@ local retention = tonumber(ARGV[1])
 local tlmax = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local prune_before = ARGV[4]
-local P_STATE, P_CN, P_TL, P_LED, VERSION = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local S_STATE, S_CN, S_TL, S_LED, VERSION = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local S_TIMERS = ARGV[10]
 local STEP = 500 -- at most this many values per variadic call (Lua's stack is bounded)
 
 -- redis.call(cmd, key, ARGV[a..b]) in calls of at most STEP * width values
@@ -48,14 +52,16 @@ local function state_at(skey, expected)
 end
 
 local results = {}
-local p = 10
+local p = 11
 local n = 0
 local last = #ARGV
 while p <= last do
   local expected = tonumber(ARGV[p])
-  local nid, cid, sjson, obkey = ARGV[p + 1], ARGV[p + 2], ARGV[p + 3], ARGV[p + 4]
-  local skey = P_STATE .. nid
-  p = p + 5
+  local nid, cid, base = ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
+  local sjson, obkey = ARGV[p + 4], ARGV[p + 5]
+  local skey = base .. S_STATE .. nid
+  local timers = base .. S_TIMERS
+  p = p + 6
   -- the lists: [start, end] of each run of values
   local ob_a = p + 1; p = ob_a + tonumber(ARGV[p]); local ob_b = p - 1
   local ta_a = p + 1; p = ta_a + tonumber(ARGV[p]); local ta_b = p - 1
@@ -68,7 +74,7 @@ while p <= last do
 
   -- the state is its JSON, which opens with its version: {"v":<n>,... (state.py)
   local ok
-  local lkey = P_LED .. cid
+  local lkey = base .. S_LED .. cid
   if lread >= 0 and ledger_version(lkey) ~= lread then
     ok = state_at(skey, expected) and 2 or 0 -- a state that moved on answers 0 first
   elseif expected == 0 then
@@ -82,16 +88,16 @@ while p <= last do
   end
   if ok == 1 then
     variadic('HSET', obkey, ob_a, ob_b, 2)
-    variadic('ZADD', KEYS[1], ta_a, ta_b, 2)
-    variadic('ZREM', KEYS[1], td_a, td_b, 1)
+    variadic('ZADD', timers, ta_a, ta_b, 2)
+    variadic('ZREM', timers, td_a, td_b, 1)
     if tl_b >= tl_a then
-      local tlkey = P_TL .. cid
+      local tlkey = base .. S_TL .. cid
       variadic('LPUSH', tlkey, tl_a, tl_b, 1)
       redis.call('LTRIM', tlkey, 0, tlmax - 1)
       redis.call('EXPIRE', tlkey, retention)
     end
     if expected == 0 then
-      local cnkey = P_CN .. cid
+      local cnkey = base .. S_CN .. cid
       redis.call('SADD', cnkey, nid)
       redis.call('EXPIRE', cnkey, retention)
     end
