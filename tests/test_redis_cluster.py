@@ -93,6 +93,12 @@ def test_a_customers_keys_are_all_in_its_groups_slot() -> None:
     ]
     assert all(n.startswith(f"tongda:{{g{group}}}") for n in names)
     assert {key_slot(n.encode()) for n in names} == {key_slot(f"{{g{group}}}".encode())}
+    # apply.lua's keys, built as bytes on the hot path: the same names
+    for k in (keys, Keys("tongda:", 0)):
+        box = k.outbox("t", 3, cid)
+        expected = [k.state("n1", cid), k.customer_notifications(cid), k.timeline(cid)]
+        expected += [k.ledger(cid), k.timers(cid), box]
+        assert k.transition_keys("n1", cid, box) == tuple(n.encode() for n in expected)
     # no groups: the layout before groups (a single Redis only)
     assert Keys("tongda:", 0).state("n1", cid) == "tongda:n:n1"
     with pytest.raises(ValueError, match="hash tags"):
@@ -116,8 +122,8 @@ def transition(i: int, keys: Keys) -> Transition:
 
 
 async def test_each_lua_call_of_a_chunk_names_keys_of_one_slot(cluster: RedisCluster) -> None:
-    """Store.apply on a cluster: one call per group, every key it names (or builds from the
-    group's base) in the slot it is routed by; all applied, in the chunk's order."""
+    """Store.apply on a cluster: one call per group, every key it touches declared in KEYS,
+    all of the group's slot; all applied, each in the chunk's order."""
     store = Store(cluster, "tc1:", 600, 10, 3600.0)
     await store.load_scripts()
     chunk = [transition(i, store.keys) for i in range(120)]
@@ -126,11 +132,13 @@ async def test_each_lua_call_of_a_chunk_names_keys_of_one_slot(cluster: RedisClu
     assert len(calls) == len({store.keys.group(t.customer_id) for t in chunk}) > 1
     for command, positions in calls:
         args = unpack(command)
-        slot = key_slot(args[3])  # KEYS[1], what the cluster routes the call by
-        named = [a for a in args if a.startswith(b"tc1:{g")]  # the outbox keys, the base
-        assert len(named) > len(positions) and {key_slot(a) for a in named} == {slot}
-        groups = {store.keys.group(chunk[i].customer_id) for i in positions}
-        assert [store.keys.base(g).encode() for g in groups] == [args[3][: -len(b"timers")]]
+        declared = args[3 : 3 + int(args[2])]  # KEYS: six per transition, all of one slot
+        assert len(declared) == 6 * len(positions)
+        assert len({key_slot(k) for k in declared}) == 1
+        (group,) = {store.keys.group(chunk[i].customer_id) for i in positions}
+        assert all(k.startswith(store.keys.base(group).encode()) for k in declared)
+        # nothing else in the call names a key
+        assert not [a for a in args[3 + len(declared) :] if a.startswith(b"tc1:")]
     replies = await store.run([c for c, _ in calls])
     assert [int(r) for reply in replies for r in reply] == [1] * 120
     got = await store.run(

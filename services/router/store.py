@@ -33,8 +33,10 @@ Keys (`<prefix>` is `tongda:` by default; `{g}` is the group's hash tag):
 The untagged keys are only ever read or written one key per command (or per single-key Lua
 call), never with a customer's keys in one atomic call.
 
-Key names are built here only: the Lua scripts receive every name they touch, or (apply.lua)
-a group's base `<prefix>{g}` and the suffixes below to join to an id.
+Key names are built here only: the Lua scripts receive every name they touch, declared in
+KEYS (so that Redis Cluster checks them before a script runs), except the notification states
+erase.lua deletes (found in the customer's set; an erasure is idempotent: cut short by a slot
+migration, the whole batch is retried).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ _LUA = Path(__file__).with_name("lua")
 _SCRIPTS = ("apply", "read", "erase", "claim", "release", "ledger")
 R = TypeVar("R")
 
-# what apply.lua joins to a group's base and an id (Keys below uses the same)
+# what a group's base and an id are joined with in key names
 STATE, CUSTOMER_NOTIFICATIONS, TIMELINE, LEDGER, TIMERS = "n:", "cn:", "tl:", "led:", "timers"
 
 
@@ -66,7 +68,10 @@ class Keys:
     prefix: str
     groups: int = 64  # settings.redis_key_groups; 0: no hash tags (a single Redis only)
 
+    _prefix: bytes = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_prefix", self.prefix.encode())
         if "{" in self.prefix or "}" in self.prefix:
             raise ValueError("the key prefix must not contain { or } (Redis Cluster hash tags)")
         if self.groups < 0:
@@ -130,6 +135,22 @@ class Keys:
 
     def customer_inquiries(self, customer_id: str) -> str:
         return f"{self.of(customer_id)}ciq:{customer_id}"
+
+    def transition_keys(
+        self, notification_id: str, customer_id: str, outbox: str
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+        """The keys apply.lua declares for one transition (its order): state, customer's
+        notification set, timeline, ledger, the group's timers, the outbox given."""
+        c = customer_id.encode()  # bytes all along: the hot path (same names as above)
+        base = self._prefix + (b"{g%d}" % (zlib.crc32(c) % self.groups) if self.groups else b"")
+        return (
+            base + b"n:" + notification_id.encode(),
+            base + b"cn:" + c,
+            base + b"tl:" + c,
+            base + b"led:" + c,
+            base + b"timers",
+            outbox.encode(),
+        )
 
     # --- untagged keys (one per command) ------------------------------------------------
 
@@ -278,35 +299,22 @@ class Store:
         ]
 
     def _apply_command(self, chunk: Sequence[Transition]) -> bytes:
-        k = self.keys
         prune = min((t.ledger_prune_before for t in chunk), default=0.0)
-        # KEYS[1]: the first transition's timers (what a cluster routes the call by)
-        first = chunk[0].customer_id if chunk else ""
+        keys: list[bytes] = []
         args: list[bytes] = [
-            b"EVALSHA",
-            self._sha["apply"].encode(),
-            b"1",
-            k.timers(first).encode(),
             b"%d" % self.retention_s,
             b"%d" % self.timeline_max,
             b"%d" % self.ledger_ttl_s,
             repr(prune).encode(),
-            STATE.encode(),
-            CUSTOMER_NOTIFICATIONS.encode(),
-            TIMELINE.encode(),
-            LEDGER.encode(),
             VERSION_MEMBER.encode(),
-            TIMERS.encode(),
         ]
         add = args.append
-        of = k.of
+        transition_keys = self.keys.transition_keys
         for t in chunk:
+            keys += transition_keys(t.notification_id, t.customer_id, t.outbox_key)
             add(b"%d" % t.expected_version)
             add(t.notification_id.encode())
-            add(t.customer_id.encode())
-            add(of(t.customer_id).encode())
             add(t.state_json)
-            add(t.outbox_key.encode())
             add(b"%d" % (2 * len(t.outbox)))
             for eid, blob in t.outbox:
                 add(eid.encode())
@@ -326,7 +334,8 @@ class Store:
                 add(member.encode())
             add(b"%d" % len(t.ledger_rem))
             args += [m.encode() for m in t.ledger_rem]
-        return pack_bytes(args)
+        head = [b"EVALSHA", self._sha["apply"].encode(), b"%d" % len(keys)]
+        return pack_bytes(head + keys + args)
 
     def states_read(self, ids: Sequence[tuple[str, str]]) -> Read[list[NotificationState | None]]:
         """Read the states of (notification id, customer id): one read.lua call per group."""
