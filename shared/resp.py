@@ -10,12 +10,14 @@ node, the nodes concurrently, so a command must not name keys of two slots (MGET
 callers group keys by customer group, services/router/store.py). A reply that redirects
 (MOVED, ASK: a slot being moved by a resharding) or refuses for now (TRYAGAIN, CLUSTERDOWN)
 means the command did not run: it is sent again through redis-py, which follows the
-redirection, refreshes its slot table and retries.
+redirection and refreshes its slot table; while a slot's keys are split between two nodes
+(TRYAGAIN, for a command naming several keys) it waits, up to `REDIRECT_PATIENCE_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    ClusterError,
     MovedError,
     ResponseError,
     TryAgainError,
@@ -155,14 +158,34 @@ async def _execute_cluster(redis: RedisCluster, commands: Sequence[bytes]) -> li
         except Exception:
             pass
         raise
-    for i, reply in enumerate(replies):
+    for i, reply in enumerate(replies):  # in order: a slot's commands stay in order
         if isinstance(reply, _REDIRECTED):  # the command did not run: again, via redis-py
-            args = unpack(commands[i])
-            try:
-                replies[i] = await redis.execute_command(args[0].decode(), *args[1:])
-            except ResponseError as exc:
-                replies[i] = exc
+            replies[i] = await _again(redis, commands[i])
     return replies
+
+
+REDIRECT_PATIENCE_S = 10.0  # how long a command waits for a slot being migrated
+
+
+async def _again(redis: RedisCluster, command: bytes) -> Any:
+    """Send a redirected command through redis-py (which follows MOVED and ASK, and retries
+    TRYAGAIN a few times); while the slot stays split between two nodes (TRYAGAIN: its keys
+    are being migrated) or the cluster is down, try again with a backoff for up to
+    REDIRECT_PATIENCE_S, then raise. An error reply is returned, as by `execute`."""
+    args = unpack(command)
+    name = args[0].decode()
+    deadline = time.monotonic() + REDIRECT_PATIENCE_S
+    delay = 0.05
+    while True:
+        try:
+            return await redis.execute_command(name, *args[1:])
+        except (TryAgainError, ClusterDownError, ClusterError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        except ResponseError as exc:
+            return exc
 
 
 class Stream:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -212,9 +213,18 @@ async def test_routing_goes_on_while_the_groups_slots_move(
                 body = event(f"{tag}-{i}", cid=cid, contacts={"phone": "+8613800000001"})
                 await h.publish(t.requested, body, key=cid)
 
+        # what shared.resp sends again through redis-py: the replies that redirected
+        redirected: list[str] = []
+        again = h.redis.execute_command
+
+        async def counting(*args: Any, **kw: Any) -> Any:
+            redirected.append(str(args[0]))
+            return await again(*args, **kw)
+
         async with Reader(broker, t.dispatch("voice")) as r:
             await publish("before", 30)
             await r.take(t.dispatch("voice"), 30)
+            h.redis.execute_command = counting  # type: ignore[method-assign]
             moving = asyncio.create_task(publish("during", 60))
             for slot in slots:
                 await asyncio.to_thread(migrate_slot, redis_cluster_process, slot)
@@ -223,3 +233,10 @@ async def test_routing_goes_on_while_the_groups_slots_move(
             await r.settle(0.5)
         ids = [value(m)["notification_id"] for m in r.seen]
         assert len(ids) == len(set(ids)) == 90
+        assert redirected  # the moves were met (MOVED at least), not slipped past
+        # every transition whole: each state, and each in its customer's set
+        pairs = [(i, customers[int(i.split("-")[1]) % len(customers)]) for i in ids]
+        assert all(await h.store.read_states(pairs))
+        for cid in customers:
+            members = await h.redis.smembers(keys.customer_notifications(cid))
+            assert len(members) == 15
