@@ -159,19 +159,25 @@ async def durability_warning(redis: Redis) -> str | None:
     """What is wrong with the server's persistence for tongda's state, or None: the router
     needs `appendonly yes` and `appendfsync always` (docs/operations.md; a server that may
     lose its last second of acknowledged writes can make the router produce an effect twice).
-    None also when the server does not let us ask (CONFIG disabled, as on managed Redis)."""
+    None also when the server does not let us ask (CONFIG disabled, as on managed Redis).
+    On Redis Cluster every primary is asked; the first one amiss is named."""
     try:
-        conf = await redis.config_get("append*")
+        if isinstance(redis, RedisCluster):
+            per_node = await redis.config_get("append*", target_nodes=RedisCluster.PRIMARIES)
+            confs = [(f"Redis {node}", conf) for node, conf in sorted(per_node.items())]
+        else:
+            confs = [("Redis", await redis.config_get("append*"))]
     except Exception:
         return None
-    values = {_text(k): _text(v) for k, v in conf.items()}
-    if values.get("appendonly") != "yes" or values.get("appendfsync") != "always":
-        return (
-            f"Redis runs with appendonly={values.get('appendonly')} "
-            f"appendfsync={values.get('appendfsync')}: a crash can lose acknowledged state and "
-            "the router may then produce an effect twice; run it with appendonly yes and "
-            "appendfsync always (docs/operations.md)"
-        )
+    for who, conf in confs:
+        values = {_text(k): _text(v) for k, v in conf.items()}
+        if values.get("appendonly") != "yes" or values.get("appendfsync") != "always":
+            return (
+                f"{who} runs with appendonly={values.get('appendonly')} "
+                f"appendfsync={values.get('appendfsync')}: a crash can lose acknowledged state "
+                "and the router may then produce an effect twice; run it with appendonly yes "
+                "and appendfsync always (docs/operations.md)"
+            )
     return None
 
 

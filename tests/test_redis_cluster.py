@@ -23,7 +23,7 @@ from redis.exceptions import ClusterCrossSlotError
 from services.router.store import Keys, Store, Transition
 from shared.config import RouterSettings
 from shared.errors import ConfigError
-from shared.redis import cluster_nodes, is_cluster, make_redis
+from shared.redis import cluster_nodes, durability_warning, is_cluster, make_redis
 from shared.resp import execute, pack, unpack
 from tests.router_support import Reader, engine_harness, value
 
@@ -240,3 +240,16 @@ async def test_routing_goes_on_while_the_groups_slots_move(
         for cid in customers:
             members = await h.redis.smembers(keys.customer_notifications(cid))
             assert len(members) == 15
+
+
+async def test_durability_is_checked_on_every_primary(
+    cluster: RedisCluster, redis_cluster_process: RedisClusterServers
+) -> None:
+    assert await durability_warning(cluster) is None
+    node = redis_cluster_process.nodes[1]
+    redis_cluster_process.cli("config", "set", "appendfsync", "everysec", port=node.port)
+    try:
+        warning = await durability_warning(cluster)
+        assert warning is not None and f":{node.port} runs with" in warning
+    finally:
+        redis_cluster_process.cli("config", "set", "appendfsync", "always", port=node.port)
