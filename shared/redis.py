@@ -62,10 +62,11 @@ def make_redis(settings: CommonSettings, max_connections: int = 64) -> Redis:
     are busy, instead of failing the command: bursts queue, they do not error.
 
     For a Redis Cluster (`is_cluster`): a `RedisCluster` (typed as `Redis`: the commands
-    tongda uses are common to both), with the same timeouts, retries and TLS/ACL options,
-    `max_connections` per node."""
+    tongda uses are common to both), with the same timeouts, retries and TLS/ACL options.
+    Its pool per node does not wait for a free connection (redis-py raises
+    MaxConnectionsError), so it allows four times `max_connections` per node."""
     if is_cluster(settings):
-        return make_cluster(settings, max_connections)  # type: ignore[return-value]
+        return make_cluster(settings, 4 * max_connections)  # type: ignore[return-value]
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections,
