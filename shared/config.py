@@ -105,9 +105,25 @@ class CommonSettings(BaseSettings):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         repr=False,
-        description="`redis://host:port/db`, or `rediss://` for TLS. Credentials go in "
-        "`redis_username`/`redis_password`, not in the URL. One Redis primary, not Redis "
-        "Cluster (docs/architecture.md).",
+        description="`redis://host:port/db`, or `rediss://` for TLS; Redis Cluster: "
+        "`redis+cluster://host1:port1,host2:port2` (or `rediss+cluster://`; any of the "
+        "cluster's nodes, the others are discovered), or a `redis://` URL of one node with "
+        "`redis_cluster`. Credentials go in `redis_username`/`redis_password`, not in the "
+        "URL (docs/operations.md, \"Redis Cluster\").",
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="Redis is a Redis Cluster (also on with a `redis+cluster://` URL): each "
+        "command goes to the node of its hash slot",
+    )
+    redis_key_groups: int = Field(
+        default=64,
+        ge=0,
+        description="the router's customer groups: every key of a customer carries the hash "
+        "tag `{g<n>}` of its group (crc32 of the customer id modulo this), so each atomic "
+        "call touches one Redis Cluster slot. Changing it moves every key: a migration "
+        "(docs/operations.md). 0: no hash tags, the layout of tongda before groups, for a "
+        "single Redis only.",
     )
     redis_username: str = Field(
         default="",

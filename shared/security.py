@@ -135,7 +135,7 @@ def faust_broker_credentials(settings: CommonSettings) -> Any:
 
 
 def redis_uses_tls(settings: CommonSettings) -> bool:
-    return settings.redis_tls or urlsplit(settings.redis_url).scheme == "rediss"
+    return settings.redis_tls or urlsplit(settings.redis_url).scheme in ("rediss", "rediss+cluster")
 
 
 def redis_connection_options(settings: CommonSettings) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def redis_connection_options(settings: CommonSettings) -> dict[str, Any]:
     if s.redis_ssl_keyfile is not None and s.redis_ssl_certfile is None:
         raise ConfigError("TONGDA_REDIS_SSL_KEYFILE set without TONGDA_REDIS_SSL_CERTFILE")
     cafile, certfile, keyfile = (_readable(value, name) for name, value in files.items())
-    if url.scheme != "rediss":
+    if url.scheme not in ("rediss", "rediss+cluster"):
         options["connection_class"] = SSLConnection
     options.update(
         ssl_cert_reqs="required",

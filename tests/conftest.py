@@ -5,6 +5,9 @@
 * `redis_server` (session): our own redis-server on a free port; yields its URL.
   `redis_process` is the `tools.devstack.RedisServer` behind it.
 * `redis` (function): a `redis.asyncio.Redis` on that server, FLUSHALLed before each test.
+* `redis_cluster` (session): our own Redis Cluster (three primaries in cluster mode, started
+  on first use); yields its `redis+cluster://` URL. `redis_cluster_process` is the
+  `tools.devstack.RedisClusterServers` behind it.
 * `settings_env` (function): sets TONGDA_* for settings classes read from the environment.
 * `stack_factory` / `stack` (function): a full `tools.devstack.Stack` (router + channels),
   stopped after the test; a failing test prints the tail of every service log.
@@ -27,7 +30,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.signing_keys import SIGNING_ENV
-from tools.devstack import Broker, RedisServer, Stack
+from tools.devstack import Broker, RedisClusterServers, RedisServer, Stack
 
 T = TypeVar("T")
 
@@ -89,6 +92,22 @@ def redis_process(devstack_dir: Path) -> Iterator[RedisServer]:
 def redis_server(redis_process: RedisServer) -> str:
     """URL of the session's own Redis (redis://127.0.0.1:<port>/0)."""
     return redis_process.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_process(devstack_dir: Path) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(devstack_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop_sync()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_cluster_process: RedisClusterServers) -> str:
+    """URL of the session's own Redis Cluster (redis+cluster://127.0.0.1:<p1>,...)."""
+    return redis_cluster_process.url
 
 
 @pytest.fixture

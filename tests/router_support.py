@@ -29,6 +29,7 @@ from services.router.store import Store
 from shared.config import RouterSettings, Topics
 from shared.contract.models import CHANNELS
 from shared.kafka import make_consumer, make_producer
+from shared.redis import make_redis
 from shared.signing import Signer, internal_topics
 from shared.topics import ensure_topics
 from tests.signing_keys import SIGNING
@@ -90,7 +91,7 @@ async def engine_harness(
     topics, keys and a group of its own; `policy`: a shipped preset (default: none)."""
     s = isolated_settings(broker, redis_url, plans_path=plans, policy_preset=policy, **kw)
     await ensure_topics(s)
-    redis = Redis.from_url(s.redis_url)
+    redis = make_redis(s)  # a Redis or, for a redis+cluster:// URL, a RedisCluster
     producer = make_producer(s, "test-router")
     await producer.start()
     core = await build_core(

@@ -124,7 +124,7 @@ async def test_deferred_at_night_with_the_decision_in_the_audit(
             assert value(sms)["notification_id"] == "otp"  # transactional: at once
             await r.settle(0.3)
             assert not [m for m in r.seen if m.topic == t.dispatch("voice")]
-        due = await h.redis.zrange(h.store.keys.timers, 0, -1, withscores=True)
+        due = await h.redis.zrange(h.store.keys.timers("c2"), 0, -1, withscores=True)
         resume = [s for m, s in due if b'"retry"' in m and b'"night"' in m]
         assert resume == [datetime(2026, 11, 25, 0, 0, tzinfo=UTC).timestamp()]
 

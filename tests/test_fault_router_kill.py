@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from shared.kafka import make_producer
+from shared.redis import make_redis
 from tests.conftest import StackFactory
 from tests.router_support import Reader, header, value
 
@@ -113,7 +113,7 @@ async def test_router_sigkilled_twice_loses_and_duplicates_nothing(
     fell_back = [s for s in statuses if s["type"] == "overdue_notice"]
     assert all([a["outcome"] for a in s["attempts"]] == ["busy", "delivered"] for s in fell_back)
 
-    redis = Redis.from_url(stack.redis_url)
+    redis = make_redis(settings)  # the stack's Redis (or Redis Cluster)
     try:
         ledger = await redis.hgetall(f"{settings.key_prefix}sandbox:sends")
     finally:

@@ -75,10 +75,10 @@ async def test_an_otp_code_is_gone_from_redis_once_final(broker: str, redis_serv
             stored = await everything_under(h.redis, h.settings.key_prefix)
             assert b"otp-1" in stored  # the state is kept (a repeated id is recognised) ...
             assert CODE.encode() not in stored  # ... without the code
-            state = orjson.loads(await h.redis.get(h.store.keys.state("otp-1")) or b"{}")
+            state = orjson.loads(await h.redis.get(h.store.keys.state("otp-1", "c1")) or b"{}")
             assert state["status"] == "delivered" and state.get("data", {}) == {}
 
             data = {"amount_due": "1280.00", "currency": "CNY", "due_date": "2026-12-01"}
             await deliver(h, r, "rep-1", "repayment_due", data)
-            state = orjson.loads(await h.redis.get(h.store.keys.state("rep-1")) or b"{}")
+            state = orjson.loads(await h.redis.get(h.store.keys.state("rep-1", "c1")) or b"{}")
             assert state["data"] == data

@@ -155,7 +155,7 @@ async def test_one_redis_read_per_batch_and_old_marks_without_a_time(
         out, profiles = await without_dead_tokens(
             h.store, h.settings, plans, reqs, {CID: p}  # type: ignore[arg-type]
         )
-        assert calls == [1]  # one round trip with one MGET for the whole batch
+        assert calls == [2]  # one round trip for the whole batch: a GET per token (one slot each)
         assert profiles[CID] is not None and profiles[CID].push_tokens == [TOK_B]
         assert p.push_tokens == [TOK_A, TOK_B]  # the profile given is not changed
         assert [r[2].contacts.push_tokens if r[2].contacts else None for r in out] == [

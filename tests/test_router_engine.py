@@ -85,9 +85,9 @@ async def test_busy_voice_falls_back_and_everything_is_recorded(
         keys = h.store.keys
         timeline = await h.redis.lrange(keys.timeline("c1"), 0, -1)
         assert [orjson.loads(x)["outcome"] for x in timeline] == ["delivered", "busy"]
-        assert 0 < await h.redis.ttl(keys.state("n1")) <= h.settings.retention_s
-        assert await h.redis.zcard(keys.timers) == 0
-        assert await h.redis.hlen(keys.outbox(t.router_inbox, 0)) == 0
+        assert 0 < await h.redis.ttl(keys.state("n1", "c1")) <= h.settings.retention_s
+        assert await h.redis.zcard(keys.timers("c1")) == 0
+        assert await h.redis.hlen(keys.outbox(t.router_inbox, 0, "c1")) == 0
 
 
 async def test_same_id_twice_is_one_notification(broker: str, redis_server: str) -> None:
@@ -172,7 +172,7 @@ async def test_profiles_feed_routing_and_tombstones_erase(broker: str, redis_ser
             (dead,) = await r.take(t.deadletter)
             assert "timezone" in (header(dead, "error-detail") or "")
         keys = h.store.keys
-        assert await h.redis.exists(keys.state("p1"), keys.profile("c9")) == 2
+        assert await h.redis.exists(keys.state("p1", "c9"), keys.profile("c9")) == 2
         async with Reader(broker, t.dispatch("voice")) as r2:
             await h.publish(t.profiles, None, key="c9")
             # Same key, same partitions: once a later request is routed, the tombstone is done.
@@ -183,7 +183,7 @@ async def test_profiles_feed_routing_and_tombstones_erase(broker: str, redis_ser
             )
             await h.publish(t.requested, event("p2", cid="c9"), key="c9")
             await r2.take(t.dispatch("voice"), where=lambda m: value(m)["notification_id"] == "p2")
-        assert await h.redis.exists(keys.state("p1")) == 0
+        assert await h.redis.exists(keys.state("p1", "c9")) == 0
         assert await h.redis.smembers(keys.customer_notifications("c9")) == {b"p2"}
 
 
@@ -205,7 +205,7 @@ async def test_step_timeout_fires_from_the_scheduler(
                 fired += await h.scheduler.tick()
                 await r.poll()
             assert fired == 1
-            raw = await h.redis.get(h.store.keys.state("to"))
+            raw = await h.redis.get(h.store.keys.state("to", "c1"))
             state = decode_state(raw)
             assert state.attempts[0].outcome == "failed"
             assert "step timeout" in (state.attempts[0].detail or "")
@@ -224,7 +224,8 @@ async def test_outbox_recovery_sends_exactly_what_is_missing(
         tp = TopicPartition(t.requested, 0)
         await h.outbox.recover([tp])  # first owner: baseline positions
         rec = OutRecord("n7/1/0", t.status, b"c1", b'{"status":"delivered"}')
-        await h.redis.hset(h.store.keys.outbox(tp.topic, tp.partition), rec.effect_id, rec.pack())
+        box = h.store.keys.outbox(tp.topic, tp.partition, "c1")  # the outbox of c1's group
+        await h.redis.hset(box, rec.effect_id, rec.pack())
         if already_sent:
             await h.producer.send_and_wait(
                 rec.topic, rec.value, key=rec.key, headers=[(EFFECT_HEADER, rec.effect_id.encode())]
@@ -235,7 +236,7 @@ async def test_outbox_recovery_sends_exactly_what_is_missing(
             await r.take(t.status)
             await r.settle()
             assert len(r.seen) == 1 and header(r.seen[0], EFFECT_HEADER) == "n7/1/0"
-        assert await h.redis.hlen(h.store.keys.outbox(tp.topic, tp.partition)) == 0
+        assert await h.redis.hlen(h.store.keys.outbox(tp.topic, tp.partition, "c1")) == 0
 
 
 async def test_address_lists_are_bounded_with_a_dead_letter_naming_the_field(
@@ -290,7 +291,7 @@ async def test_erasing_a_customer_ends_its_notifications_in_flight(
             await answer(h, value(call), "delivered")  # the call's outcome comes later: stale
             await r.settle(0.5)
             assert len([m for m in r.seen if m.topic == t.status]) == 1
-        assert not await h.redis.exists(h.store.keys.state("gone1"))
+        assert not await h.redis.exists(h.store.keys.state("gone1", "gone"))
 
 
 async def test_a_state_stored_as_a_hash_before_states_were_strings_moves_on(
@@ -303,7 +304,7 @@ async def test_a_state_stored_as_a_hash_before_states_were_strings_moves_on(
         req_tp = TopicPartition(t.requested, 0)
         body = orjson.dumps(event("old1", contacts={"phone": "+8613800000001"}))
         await h.engine.process({req_tp: [record(req_tp, 0, b"c1", body)]})
-        key = h.store.keys.state("old1")
+        key = h.store.keys.state("old1", "c1")
         raw = await h.redis.get(key)
         assert raw is not None and decode_state(raw).v == 1
         await h.redis.delete(key)

@@ -93,7 +93,7 @@ async def test_forged_inbox_records_are_dead_lettered_and_change_nothing(
             assert any("0 tongda-signature headers" in x for x in details)
             await r.settle(1.0)
             assert not [m for m in r.seen if m.topic == t.status]  # still waiting
-            state = orjson.loads(await h.redis.get(h.store.keys.state("sig-1")) or b"{}")
+            state = orjson.loads(await h.redis.get(h.store.keys.state("sig-1", "c1")) or b"{}")
             assert state and not state.get("final")
 
             # the genuine outcome, signed with the older key still accepted

@@ -94,7 +94,7 @@ def main() -> None:
     t, pending = best_of(args.reps, packs)
     rows.append(("pack a transition and its records", t))
 
-    def applies() -> list[bytes]:
+    def applies() -> list[Any]:
         return [
             store.apply([p.transition for p in pending[i : i + APPLY_CHUNK]])
             for i in range(0, n, APPLY_CHUNK)

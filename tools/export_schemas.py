@@ -141,7 +141,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "timeouts, retries, deferrals, expiry): the lateness bound of a timer.",
         "scheduler_lease_s": "How long claimed scheduler work stays leased; work claimed by "
         "a router that died comes due again after it.",
-        "scheduler_batch": "Most timers claimed per Redis round trip.",
+        "scheduler_batch": "Most timers claimed from each customer group's timers per round "
+        "trip (one pipelined round trip claims every group's).",
         "gc_gen0_threshold": "Python garbage collector's generation-0 threshold, set after "
         "start-up together with `gc.freeze()` (Python's default is 700; at that the "
         "collector costs about a third of the hot path: docs/performance.md).",

@@ -9,12 +9,11 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from services.router.inquiries import InquiryDesk
 from services.router.intake import MessageNeeds, check_request
 from services.router.plans import PlanBook
-from services.router.state import NotificationState, decode_state
+from services.router.state import NotificationState
 from services.router.store import Keys
 from shared.config import RouterSettings
 from shared.contract.codec import (
@@ -144,14 +143,10 @@ def state_view(state: NotificationState) -> dict[str, Any]:
 
 async def get_notification(request: web.Request) -> web.Response:
     nid = request.match_info["id"]
-    key = request.app[KEYS].state(nid)
-    try:
-        raw = await request.app[REDIS].get(key)
-    except ResponseError:  # a state written before states were strings (a hash: v, s)
-        raw = await request.app[REDIS].hget(key, "s")
-    if raw is None:
+    # the id does not tell the customer, so the group: looked up in every group at once
+    state = await request.app[DESK].store.find_state(nid)
+    if state is None:
         return json_error(404, "not_found", f"no notification with id {nid!r}")
-    state = decode_state(raw if isinstance(raw, bytes) else raw.encode())
     return web.json_response(state_view(state), dumps=_dumps)
 
 
@@ -216,7 +211,7 @@ def create_api(
     app[PRODUCER] = producer
     app[REDIS] = redis
     app[PLANS] = plans
-    app[KEYS] = Keys(settings.key_prefix)
+    app[KEYS] = desk.store.keys
     app[NEEDS] = MessageNeeds(plans)
     app[DESK] = desk
     app[READINESS_CHECKS] = checks

@@ -44,7 +44,14 @@ async def build_core(
     s = settings
     clock = s.clock()
     await clock.sync(redis, s.key_prefix)  # a simulated clock's origin, once the stack is up
-    store = Store(redis, s.key_prefix, s.retention_s, s.timeline_max_records, policy.caps.horizon_s)
+    store = Store(
+        redis,
+        s.key_prefix,
+        s.retention_s,
+        s.timeline_max_records,
+        policy.caps.horizon_s,
+        groups=s.redis_key_groups,
+    )
     await store.load_scripts()
     t = s.topics
     outputs = [t.status, t.audit] + [t.dispatch(c) for c in CHANNELS]

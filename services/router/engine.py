@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime as Datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer
@@ -38,7 +39,7 @@ from services.router.outbox import Outbox, OutRecord
 from services.router.packing import Pending, merge, pack, writes_ledger
 from services.router.push_filter import without_dead_tokens
 from services.router.state import NotificationState
-from services.router.store import Store
+from services.router.store import Read, Store
 from shared.clock import Clock
 from shared.config import RouterSettings
 from shared.contract.models import AttemptOutcome, CustomerProfile
@@ -231,7 +232,8 @@ class RouterEngine:
         owner = {m.decode(): cid for cid, ms in zip(erased, members, strict=True) for m in ms}
         nids = list(owner)
         todo: list[tuple[Pending, str]] = []
-        for nid, state in zip(nids, await self.store.read_states(nids), strict=True):
+        found = await self.store.read_states([(nid, owner[nid]) for nid in nids])
+        for nid, state in zip(nids, found, strict=True):
             if state is None:
                 continue
             version = state.v
@@ -256,22 +258,19 @@ class RouterEngine:
 
         # the profiles, the borrowers' controls and the first round's ledgers in one round trip
         first = ledger_cids()
+        # (one command per customer group: on Redis Cluster a command is of one hash slot)
         keys = self.store.keys
-        commands = [
-            pack_command("MGET", *[keys.profile(c) for c in cids]),
-            *controls_commands(keys, cids),
+        reads: list[Read[Any]] = [
+            self.store.profiles_read(cids),
+            Read(controls_commands(keys, cids), partial(parse_controls, cids)),
         ]
         if first:
-            commands.append(self.store.ledgers_command(first, now.timestamp()))
-        replies = await self.store.run(commands, "read")
+            reads.append(self.store.ledgers_read(first, now.timestamp()))
+        stored, controls, *first_ledgers = await self.store.run_reads(reads)
         profiles = {
-            c: CustomerProfile.model_validate_json(v) if v else None
-            for c, v in zip(cids, replies[0], strict=True)
+            c: CustomerProfile.model_validate_json(v) if v else None for c, v in stored.items()
         }
-        controls = parse_controls(cids, replies[1 : 1 + len(cids)])
-        read: dict[str, LedgerView] | None = (
-            self.store.parse_ledgers(first, replies[1 + len(cids)]) if first else {}
-        )
+        read: dict[str, LedgerView] | None = first_ledgers[0] if first else {}
         # push tokens found dead are left out until the profile changes (push_filter.py)
         todo, profiles = await without_dead_tokens(
             self.store, self.settings, self.machine.plans, todo, profiles
@@ -317,7 +316,9 @@ class RouterEngine:
                 return applied
             nids = list(groups)
             states: dict[str, tuple[int, NotificationState]] = {}
-            for nid, state in zip(nids, await self.store.read_states(nids), strict=True):
+            # the customer the events name (a state is found in that customer's group only)
+            ids = [(nid, groups[nid][0][2].customer_id) for nid in nids]
+            for nid, state in zip(nids, await self.store.read_states(ids), strict=True):
                 if state is None:
                     STALE_EVENTS.labels(reason="unknown_notification").inc(len(groups[nid]))
                     continue
@@ -413,24 +414,29 @@ class RouterEngine:
         return p
 
     async def _apply(self, items: Iterable[tuple[Pending, T]]) -> list[tuple[Pending, T, int]]:
-        """Compute and apply transitions, one Lua call per chunk, each chunk written to Redis
-        as soon as it is computed so Redis works on it while the next is computed. Each result
-        code: 1 applied, 0 the state changed, 2 the ledger changed (decide again)."""
+        """Compute and apply transitions, one Lua call per chunk (on Redis Cluster one per
+        customer group in the chunk), each chunk written to Redis as soon as it is computed so
+        Redis works on it while the next is computed. Each result code: 1 applied, 0 the state
+        changed, 2 the ledger changed (decide again)."""
         done: list[tuple[Pending, T]] = []
         commands: list[bytes] = []
+
+        async def write(chunk: list[tuple[Pending, T]]) -> None:
+            calls = self.store.apply([p.transition for p, _ in chunk])
+            for command, positions in calls:
+                commands.append(command)
+                done.extend(chunk[i] for i in positions)
+            await stream.write(commands[-len(calls) :])
+
         async with self.store.stream() as stream:
             chunk: list[tuple[Pending, T]] = []
             for item in items:
                 chunk.append(item)
                 if len(chunk) == APPLY_CHUNK:
-                    commands.append(self.store.apply([p.transition for p, _ in chunk]))
-                    await stream.write(commands[-1:])
-                    done += chunk
+                    await write(chunk)
                     chunk = []
             if chunk:
-                commands.append(self.store.apply([p.transition for p, _ in chunk]))
-                await stream.write(commands[-1:])
-                done += chunk
+                await write(chunk)
             # timed from the last write: for a batch of one chunk, apply.lua's round trip
             replies = await self.store.meter.timed("apply", stream.replies())
         replies = await self.store.settle(commands, replies)

@@ -2,7 +2,10 @@
 
 The broker tongda must run on (and Apache Kafka without transactions) cannot make "write
 state, produce records, commit offset" atomic. So a transition writes its output records
-into the outbox of the input partition it came from, in the same Lua call as the state.
+into the outbox of the input partition it came from, in the same Lua call as the state: the
+outbox of an input partition is one hash per customer group (store.py `Keys.outbox`), in the
+group's hash slot like the state. A record's Kafka key is its customer id, which tells the
+group.
 After the broker acknowledges them they are removed, and the highest acknowledged offset of
 each output partition is remembered (`outpos`). When a partition is assigned (after a crash
 or rebalance) its leftover outbox entries are checked against the output partitions from
@@ -224,13 +227,15 @@ class Outbox:
         for w in written:
             field = f"{w.topic}:{w.partition}"
             top[field] = max(top.get(field, -1), w.offset + 1)
-        by_input: dict[TopicPartition, list[str]] = {}
+        by_box: dict[str, list[str]] = {}
+        inputs: set[TopicPartition] = set()
         for tp, r in records:
-            by_input.setdefault(tp, []).append(r.effect_id)
-        commands = []
+            box = self.keys.outbox(tp.topic, tp.partition, r.key.decode())
+            by_box.setdefault(box, []).append(r.effect_id)
+            inputs.add(tp)
+        commands = [pack("HDEL", box, *ids) for box, ids in by_box.items()]
         positions = [x for field, offset in top.items() for x in (field, offset)]
-        for tp, ids in by_input.items():
-            commands.append(pack("HDEL", self.keys.outbox(tp.topic, tp.partition), *ids))
+        for tp in inputs:
             commands.append(pack("HSET", self.keys.outpos(tp.topic, tp.partition), *positions))
         await self.meter.timed("outbox", execute(self.redis, commands))
 
@@ -278,9 +283,15 @@ class Outbox:
         ends: dict[TopicPartition, int],
     ) -> int:
         pos_key = self.keys.outpos(tp.topic, tp.partition)
-        box_key = self.keys.outbox(tp.topic, tp.partition)
-        pending_raw: dict[bytes, bytes] = await self.redis.hgetall(box_key)  # type: ignore[assignment]
-        raw_pos: dict[bytes, bytes] = await self.redis.hgetall(pos_key)  # type: ignore[assignment]
+        # the partition's outbox: one hash per customer group, read in one round trip
+        boxes = [self.keys.group_outbox(tp.topic, tp.partition, g) for g in self.keys.all_groups()]
+        replies = await execute(self.redis, [pack("HGETALL", k) for k in [pos_key, *boxes]])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        raw_pos, *raw_boxes = (_hash(r) for r in replies)
+        box_of = {eid: box for box, raw in zip(boxes, raw_boxes, strict=True) for eid in raw}
+        pending_raw = {eid: blob for raw in raw_boxes for eid, blob in raw.items()}
         positions = {k.decode(): int(v) for k, v in raw_pos.items()}
         baseline = {
             f"{o.topic}:{o.partition}": ends[o]
@@ -307,7 +318,12 @@ class Outbox:
             len(missing),
         )
         await self.send([(tp, r) for r in missing])
-        await self.redis.hdel(box_key, *pending)
+        done: dict[str, list[bytes]] = {}
+        for eid, box in box_of.items():
+            done.setdefault(box, []).append(eid)
+        for reply in await execute(self.redis, [pack("HDEL", b, *ids) for b, ids in done.items()]):
+            if isinstance(reply, Exception):
+                raise reply
         return len(missing)
 
     async def _scan(
@@ -335,6 +351,14 @@ class Outbox:
                 if await reader.position(tp) >= ends[tp]:
                     del todo[tp]
         return found
+
+
+def _hash(reply: object) -> dict[bytes, bytes]:
+    """An HGETALL reply (a flat list in RESP2, a map in RESP3) as a dict."""
+    if isinstance(reply, dict):
+        return reply
+    flat = list(reply)  # type: ignore[call-overload]
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 async def _finished(task: asyncio.Task[None] | None, raise_errors: bool, what: str) -> None:

@@ -59,7 +59,7 @@ def pack(
         customer_id=state.customer_id,
         expected_version=expected,
         state_json=encode_state(state),
-        outbox_key=keys.outbox(tp.topic, tp.partition),
+        outbox_key=keys.outbox(tp.topic, tp.partition, state.customer_id),
         outbox=[(r.effect_id, r.pack()) for r in records],
         timers_add=fx.timers_add,
         timers_del=fx.timers_del,

@@ -1,11 +1,11 @@
 """The push tokens a new notification may use: those not found dead (shared/push_tokens.py).
 
 `without_dead_tokens()` runs once per batch of requests, before their legs are built: one
-MGET of the dead-token keys of the push tokens that the batch's requests with a push step in
+pipelined GET per dead-token key of the push tokens that the batch's requests with a push step in
 their plan find in their profile or their `contacts` (none: no Redis call at all),
 then each request sees its customer's profile (and its own `contacts`) without the tokens
 still dead. A mark older than the profile's `updated_at` no longer holds: the profile
-changed, the token is usable again, and its mark is deleted (one DEL for the batch) so the
+changed, the token is usable again, and its mark is deleted (pipelined DELs) so the
 push service does not refuse it as known dead either. The stored profile is not changed.
 """
 
@@ -54,7 +54,8 @@ async def without_dead_tokens(
         return list(requests), profiles
     pairs = sorted(wanted)
     keys = [dead_token_key(settings, cid, token) for cid, token in pairs]
-    (raw,) = await store.run([pack_command("MGET", *keys)])
+    # one GET per key (keys of several customers: several hash slots on Redis Cluster)
+    raw = await store.run([pack_command("GET", k) for k in keys])
     dead: set[tuple[str, str]] = set()
     revived: list[str] = []
     for pair, key, value in zip(pairs, keys, raw, strict=True):
@@ -66,7 +67,7 @@ async def without_dead_tokens(
         else:
             dead.add(pair)
     if revived:
-        await store.run([pack_command("DEL", *revived)])
+        await store.run([pack_command("DEL", k) for k in revived])
     if not dead:
         return list(requests), profiles
 

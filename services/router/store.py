@@ -1,37 +1,53 @@
 """The router's Redis layout and its atomic operations (Lua, called by EVALSHA).
 
-Keys (prefix `tongda:` by default):
-  n:{notification_id}      the state JSON, which opens with its version `{"v":<n>,`
-                           (apply.lua checks it)                   expires after retention
-  cn:{customer_id}         set of the customer's notification ids  (for erasure)
-  tl:{customer_id}         list of comms.record JSON, newest first (timeline)
-  profile:{customer_id}    customer.profile/v1 JSON as last received
-  timers                   zset member → due epoch seconds (the durable scheduler)
-  outbox:{topic}:{part}    hash effect id → record not yet acknowledged by the broker
-  outpos:{topic}:{part}    hash out-topic:partition → offset to scan from on recovery
-  led:{customer_id}        zset: the frequency ledger and its version
-                           (services/router/ledger.py)
-  ctl:{customer_id}        hash: the borrower's own preferences (`pref:<channel>` →
-                           `<state>|<epoch s>`) and a hardship hold (`hold` →
-                           `<until epoch s>|<inquiry id>`) (services/router/controls.py)
-  sx:{address hash}        the customer whose profile lists that phone/email (sender index)
-  sxs:{customer_id}        set of the address hashes indexed for the customer
-  inq:{inquiry_id}         hash: an inquiry's classification, reply, escalation, resolution
-  ciq:{customer_id}        set of the customer's inquiry ids (for erasure)
-  svy:{address hash}       the inquiry whose satisfaction survey that sender may answer
-  inqtimers                zset: inquiry id → respond_by epoch seconds (SLA timers)
+Every key of a customer lives in the hash slot of the customer's *group*, `g = crc32(customer
+id) % redis_key_groups` (`Keys.group`): its names start with `<prefix>{g<g>}` (a Redis Cluster
+hash tag), so each Lua call, which touches one customer's keys or a group's, touches one slot
+and runs unchanged on a single Redis or on Redis Cluster (docs/operations.md, "Redis
+Cluster"). With `redis_key_groups = 0` the names carry no tag: the layout before groups, for a
+single Redis only.
 
-Key names are built here only: the Lua scripts receive every name they touch.
+Keys (`<prefix>` is `tongda:` by default; `{g}` is the group's hash tag):
+  <prefix>{g}n:{notification_id}   the state JSON, which opens with its version `{"v":<n>,`
+                                   (apply.lua checks it)            expires after retention
+  <prefix>{g}cn:{customer_id}      set of the customer's notification ids  (for erasure)
+  <prefix>{g}tl:{customer_id}      list of comms.record JSON, newest first (timeline)
+  <prefix>{g}profile:{customer_id} customer.profile/v1 JSON as last received
+  <prefix>{g}timers                zset member → due epoch seconds (the durable scheduler);
+                                   a member names its customer, so its group
+  <prefix>{g}outbox:{topic}:{part} hash effect id → record not yet acknowledged by the broker
+                                   (the outbox of an input partition: one hash per group)
+  <prefix>outpos:{topic}:{part}    hash out-topic:partition → offset to scan from on recovery
+  <prefix>{g}led:{customer_id}     zset: the frequency ledger and its version
+                                   (services/router/ledger.py)
+  <prefix>{g}ctl:{customer_id}     hash: the borrower's own preferences (`pref:<channel>` →
+                                   `<state>|<epoch s>`) and a hardship hold (`hold` →
+                                   `<until epoch s>|<inquiry id>`) (services/router/controls.py)
+  <prefix>{g}sxs:{customer_id}     set of the address hashes indexed for the customer
+  <prefix>{g}ciq:{customer_id}     set of the customer's inquiry ids (for erasure)
+  <prefix>sx:{address hash}        the customer whose profile lists that phone/email (sender index)
+  <prefix>inq:{inquiry_id}         hash: an inquiry's classification, reply, escalation, resolution
+  <prefix>svy:{address hash}       the inquiry whose satisfaction survey that sender may answer
+  <prefix>inqtimers                zset: inquiry id → respond_by epoch seconds (SLA timers)
+
+The untagged keys are only ever read or written one key per command (or per single-key Lua
+call), never with a customer's keys in one atomic call.
+
+Key names are built here only: the Lua scripts receive every name they touch, declared in
+KEYS (so that Redis Cluster checks them before a script runs), except the notification states
+erase.lua deletes (found in the customer's set; an erasure is idempotent: cut short by a slot
+migration, the whole batch is retried).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from services.router.ledger import VERSION_MEMBER, LedgerView
@@ -41,51 +57,111 @@ from shared.resp import Arg, Stream, execute, pack, pack_bytes
 
 _LUA = Path(__file__).with_name("lua")
 _SCRIPTS = ("apply", "read", "erase", "claim", "release", "ledger")
+R = TypeVar("R")
+
+# what a group's base and an id are joined with in key names
+STATE, CUSTOMER_NOTIFICATIONS, TIMELINE, LEDGER, TIMERS = "n:", "cn:", "tl:", "led:", "timers"
 
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str
+    groups: int = 64  # settings.redis_key_groups; 0: no hash tags (a single Redis only)
 
-    def state(self, notification_id: str) -> str:
-        return f"{self.prefix}n:{notification_id}"
+    _prefix: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_prefix", self.prefix.encode())
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the key prefix must not contain { or } (Redis Cluster hash tags)")
+        if self.groups < 0:
+            raise ValueError("redis_key_groups must be 0 or more")
+
+    # --- groups -------------------------------------------------------------------------
+
+    def group(self, customer_id: str) -> int:
+        """The customer's group: every key of the customer is in its hash slot."""
+        return zlib.crc32(customer_id.encode()) % self.groups if self.groups else 0
+
+    def all_groups(self) -> range:
+        return range(max(self.groups, 1))
+
+    def base(self, group: int) -> str:
+        """What every key name of a group starts with: the prefix and the group's hash tag."""
+        return f"{self.prefix}{{g{group}}}" if self.groups else self.prefix
+
+    def of(self, customer_id: str) -> str:
+        return self.base(self.group(customer_id))
+
+    # --- a customer's keys (in its group's slot) ----------------------------------------
+
+    def state(self, notification_id: str, customer_id: str) -> str:
+        return f"{self.of(customer_id)}{STATE}{notification_id}"
+
+    def group_state(self, group: int, notification_id: str) -> str:
+        return f"{self.base(group)}{STATE}{notification_id}"
 
     def customer_notifications(self, customer_id: str) -> str:
-        return f"{self.prefix}cn:{customer_id}"
+        return f"{self.of(customer_id)}{CUSTOMER_NOTIFICATIONS}{customer_id}"
 
     def timeline(self, customer_id: str) -> str:
-        return f"{self.prefix}tl:{customer_id}"
+        return f"{self.of(customer_id)}{TIMELINE}{customer_id}"
 
     def profile(self, customer_id: str) -> str:
-        return f"{self.prefix}profile:{customer_id}"
+        return f"{self.of(customer_id)}profile:{customer_id}"
 
-    @property
-    def timers(self) -> str:
-        return f"{self.prefix}timers"
+    def timers(self, customer_id: str) -> str:
+        """The scheduler's zset of the customer's group."""
+        return self.group_timers(self.group(customer_id))
 
-    def outbox(self, topic: str, partition: int) -> str:
-        return f"{self.prefix}outbox:{topic}:{partition}"
+    def group_timers(self, group: int) -> str:
+        return f"{self.base(group)}{TIMERS}"
+
+    def outbox(self, topic: str, partition: int, customer_id: str) -> str:
+        """The outbox of an input partition for the customer's group."""
+        return self.group_outbox(topic, partition, self.group(customer_id))
+
+    def group_outbox(self, topic: str, partition: int, group: int) -> str:
+        return f"{self.base(group)}outbox:{topic}:{partition}"
+
+    def ledger(self, customer_id: str) -> str:
+        return f"{self.of(customer_id)}{LEDGER}{customer_id}"
+
+    def controls(self, customer_id: str) -> str:
+        return f"{self.of(customer_id)}ctl:{customer_id}"
+
+    def customer_senders(self, customer_id: str) -> str:
+        return f"{self.of(customer_id)}sxs:{customer_id}"
+
+    def customer_inquiries(self, customer_id: str) -> str:
+        return f"{self.of(customer_id)}ciq:{customer_id}"
+
+    def transition_keys(
+        self, notification_id: str, customer_id: str, outbox: str
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+        """The keys apply.lua declares for one transition (its order): state, customer's
+        notification set, timeline, ledger, the group's timers, the outbox given."""
+        c = customer_id.encode()  # bytes all along: the hot path (same names as above)
+        base = self._prefix + (b"{g%d}" % (zlib.crc32(c) % self.groups) if self.groups else b"")
+        return (
+            base + b"n:" + notification_id.encode(),
+            base + b"cn:" + c,
+            base + b"tl:" + c,
+            base + b"led:" + c,
+            base + b"timers",
+            outbox.encode(),
+        )
+
+    # --- untagged keys (one per command) ------------------------------------------------
 
     def outpos(self, topic: str, partition: int) -> str:
         return f"{self.prefix}outpos:{topic}:{partition}"
 
-    def ledger(self, customer_id: str) -> str:
-        return f"{self.prefix}led:{customer_id}"
-
-    def controls(self, customer_id: str) -> str:
-        return f"{self.prefix}ctl:{customer_id}"
-
     def sender(self, address_hash: str) -> str:
         return f"{self.prefix}sx:{address_hash}"
 
-    def customer_senders(self, customer_id: str) -> str:
-        return f"{self.prefix}sxs:{customer_id}"
-
     def inquiry(self, inquiry_id: str) -> str:
         return f"{self.prefix}inq:{inquiry_id}"
-
-    def customer_inquiries(self, customer_id: str) -> str:
-        return f"{self.prefix}ciq:{customer_id}"
 
     def survey(self, address_hash: str) -> str:
         return f"{self.prefix}svy:{address_hash}"
@@ -93,6 +169,21 @@ class Keys:
     @property
     def inquiry_timers(self) -> str:
         return f"{self.prefix}inqtimers"
+
+    def by_group(self, customer_ids: Iterable[str]) -> dict[int, list[str]]:
+        """The customer ids per group, each in the order given."""
+        out: dict[int, list[str]] = {}
+        for cid in customer_ids:
+            out.setdefault(self.group(cid), []).append(cid)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Read(Generic[R]):
+    """Packed read commands to pipeline with others, and how to read their replies."""
+
+    commands: list[bytes]
+    parse: Callable[[list[Any]], R]
 
 
 @dataclass(slots=True)
@@ -126,10 +217,13 @@ class Store:
         timeline_max: int,
         ledger_horizon_s: float = 0.0,
         meter: RedisMeter | None = None,
+        groups: int = 64,
     ) -> None:
         self.redis = redis
+        # on Redis Cluster a Lua call may touch one hash slot only: apply() splits a chunk
+        self.cluster = isinstance(redis, RedisCluster)
         self.meter = meter or RedisMeter("tongda-router")  # times each round trip
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, groups)
         self.retention_s = retention_s
         self.timeline_max = timeline_max
         # how long ledger entries matter (the longest cap window): older ones are pruned
@@ -139,7 +233,8 @@ class Store:
         self._sha: dict[str, str] = {}
 
     async def load_scripts(self) -> None:
-        """Load every script (again after a Redis restart lost them: NOSCRIPT)."""
+        """Load every script (again after a Redis restart lost them: NOSCRIPT); on a cluster
+        into every primary."""
         for name, source in self._sources.items():
             self._sha[name] = str(await self.redis.script_load(source))
 
@@ -150,11 +245,20 @@ class Store:
         return pack("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
     async def run(self, commands: Sequence[bytes], op: str = "write") -> list[Any]:
-        """Run packed commands in one round trip (timed as `op`); after a Redis restart lost
-        the scripts (NOSCRIPT, which means the script did not run), load them and run those
-        again."""
+        """Run packed commands in one round trip (timed as `op`; on a cluster one per node
+        concurrently); after a Redis restart lost the scripts (NOSCRIPT, which means the
+        script did not run), load them and run those again."""
         replies = await self.meter.timed(op, execute(self.redis, commands))
         return await self.settle(commands, replies)
+
+    async def run_reads(self, reads: Sequence[Read[Any]], op: str = "read") -> list[Any]:
+        """Run the commands of several reads in one round trip; each read's parsed reply."""
+        replies = await self.run([c for r in reads for c in r.commands], op)
+        out, at = [], 0
+        for r in reads:
+            out.append(r.parse(replies[at : at + len(r.commands)]))
+            at += len(r.commands)
+        return out
 
     def stream(self) -> Stream:
         return Stream(self.redis)
@@ -172,36 +276,45 @@ class Store:
             raise errors[0]
         return replies
 
-    def apply(self, chunk: Sequence[Transition]) -> bytes:
-        """The packed EVALSHA of apply.lua for a chunk of transitions (one reply: a list of
-        1 applied / 0 not at the expected version / 2 the ledger changed, in order).
+    def apply(self, chunk: Sequence[Transition]) -> list[tuple[bytes, Sequence[int]]]:
+        """The packed EVALSHA calls of apply.lua for a chunk of transitions, each with the
+        positions in `chunk` of the transitions it applies, in the order of its reply (a list
+        of 1 applied / 0 not at the expected version / 2 the ledger changed).
+
+        On a single Redis: one call for the chunk. On Redis Cluster, where one Lua call may
+        touch one hash slot only: one call per customer group present (in chunk order within
+        a group: a customer's transitions stay in order, they are all in its group).
 
         Flat arguments, all bytes (see apply.lua for the layout): the hot path's biggest
         command, packed with `pack_bytes`."""
-        k = self.keys
+        if not self.cluster:
+            return [(self._apply_command(chunk), range(len(chunk)))]
+        by_group: dict[int, list[int]] = {}
+        group = self.keys.group
+        for i, t in enumerate(chunk):
+            by_group.setdefault(group(t.customer_id), []).append(i)
+        return [
+            (self._apply_command([chunk[i] for i in positions]), positions)
+            for positions in by_group.values()
+        ]
+
+    def _apply_command(self, chunk: Sequence[Transition]) -> bytes:
         prune = min((t.ledger_prune_before for t in chunk), default=0.0)
+        keys: list[bytes] = []
         args: list[bytes] = [
-            b"EVALSHA",
-            self._sha["apply"].encode(),
-            b"1",
-            k.timers.encode(),
             b"%d" % self.retention_s,
             b"%d" % self.timeline_max,
             b"%d" % self.ledger_ttl_s,
             repr(prune).encode(),
-            k.state("").encode(),
-            k.customer_notifications("").encode(),
-            k.timeline("").encode(),
-            k.ledger("").encode(),
             VERSION_MEMBER.encode(),
         ]
         add = args.append
+        transition_keys = self.keys.transition_keys
         for t in chunk:
+            keys += transition_keys(t.notification_id, t.customer_id, t.outbox_key)
             add(b"%d" % t.expected_version)
             add(t.notification_id.encode())
-            add(t.customer_id.encode())
             add(t.state_json)
-            add(t.outbox_key.encode())
             add(b"%d" % (2 * len(t.outbox)))
             for eid, blob in t.outbox:
                 add(eid.encode())
@@ -221,16 +334,49 @@ class Store:
                 add(member.encode())
             add(b"%d" % len(t.ledger_rem))
             args += [m.encode() for m in t.ledger_rem]
-        return pack_bytes(args)
+        head = [b"EVALSHA", self._sha["apply"].encode(), b"%d" % len(keys)]
+        return pack_bytes(head + keys + args)
 
-    async def read_states(self, ids: Sequence[str]) -> list[NotificationState | None]:
-        """The state of each notification (its version is `v`), None where unknown; one
-        round trip."""
+    def states_read(self, ids: Sequence[tuple[str, str]]) -> Read[list[NotificationState | None]]:
+        """Read the states of (notification id, customer id): one read.lua call per group."""
+        positions: dict[int, list[int]] = {}
+        for i, (_, cid) in enumerate(ids):
+            positions.setdefault(self.keys.group(cid), []).append(i)
+        commands = [
+            self._packed("read", [self.keys.state(*ids[i]) for i in at], [])
+            for at in positions.values()
+        ]
+
+        def parse(replies: list[Any]) -> list[NotificationState | None]:
+            out: list[NotificationState | None] = [None] * len(ids)
+            for at, raws in zip(positions.values(), replies, strict=True):
+                for i, raw in zip(at, raws, strict=True):
+                    out[i] = decode_state(raw) if raw else None
+            return out
+
+        return Read(commands, parse)
+
+    async def read_states(
+        self, ids: Sequence[tuple[str, str]]
+    ) -> list[NotificationState | None]:
+        """The state of each (notification id, customer id) (its version is `v`), None where
+        unknown; one round trip."""
         if not ids:
             return []
-        keys = [self.keys.state(i) for i in ids]
-        (raws,) = await self.run([self._packed("read", [], keys)], "read")
-        return [decode_state(raw) if raw else None for raw in raws]
+        (states,) = await self.run_reads([self.states_read(ids)])
+        return states  # type: ignore[no-any-return]
+
+    async def find_state(self, notification_id: str) -> NotificationState | None:
+        """The state of a notification whose customer is not known: read in every group
+        (one pipelined round trip; the API's lookup by id)."""
+        groups = self.keys.all_groups()
+        commands = [
+            self._packed("read", [self.keys.group_state(g, notification_id)], []) for g in groups
+        ]
+        for (raw,) in await self.run(commands, "read"):
+            if raw:
+                return decode_state(raw)
+        return None
 
     async def read_ledgers(
         self, customer_ids: Sequence[str], now_s: float
@@ -238,14 +384,27 @@ class Store:
         """The frequency ledger of each customer (entries within the horizon); one trip."""
         if not customer_ids:
             return {}
-        (flat,) = await self.run([self.ledgers_command(customer_ids, now_s)], "ledger")
-        return self.parse_ledgers(customer_ids, flat)
+        (views,) = await self.run_reads([self.ledgers_read(customer_ids, now_s)], "ledger")
+        return views  # type: ignore[no-any-return]
 
-    def ledgers_command(self, customer_ids: Sequence[str], now_s: float) -> bytes:
-        """The packed EVALSHA of ledger.lua for `customer_ids` (to pipeline with others)."""
-        args: list[Arg] = [f"{now_s - self.ledger_horizon_s:.3f}", VERSION_MEMBER]
-        args += [self.keys.ledger(cid) for cid in customer_ids]
-        return self._packed("ledger", [], args)
+    def ledgers_read(
+        self, customer_ids: Sequence[str], now_s: float
+    ) -> Read[dict[str, LedgerView]]:
+        """The ledger.lua calls for `customer_ids` (one per group), to pipeline with others."""
+        groups = list(self.keys.by_group(customer_ids).values())
+        oldest = f"{now_s - self.ledger_horizon_s:.3f}"
+        commands = [
+            self._packed("ledger", [self.keys.ledger(c) for c in cids], [oldest, VERSION_MEMBER])
+            for cids in groups
+        ]
+
+        def parse(replies: list[Any]) -> dict[str, LedgerView]:
+            out: dict[str, LedgerView] = {}
+            for cids, flat in zip(groups, replies, strict=True):
+                out.update(self.parse_ledgers(cids, flat))
+            return out
+
+        return Read(commands, parse)
 
     @staticmethod
     def parse_ledgers(customer_ids: Sequence[str], flat: list[Any]) -> dict[str, LedgerView]:
@@ -257,6 +416,19 @@ class Store:
             out[cid] = LedgerView.parse(-int(float(version)) if version else 0, pairs)
         return out
 
+    def profiles_read(self, customer_ids: Sequence[str]) -> Read[dict[str, bytes | None]]:
+        """The stored profile JSON of each customer: one MGET per group."""
+        groups = list(self.keys.by_group(customer_ids).values())
+        commands = [pack("MGET", *[self.keys.profile(c) for c in cids]) for cids in groups]
+
+        def parse(replies: list[Any]) -> dict[str, bytes | None]:
+            out: dict[str, bytes | None] = {}
+            for cids, values in zip(groups, replies, strict=True):
+                out.update(zip(cids, values, strict=True))
+            return out
+
+        return Read(commands, parse)
+
     def erase_customer(self, customer_id: str) -> bytes:
         """The packed EVALSHA of erase.lua for one customer."""
         k = self.keys
@@ -267,25 +439,46 @@ class Store:
             k.ledger(customer_id),
             k.controls(customer_id),
         ]
-        return self._packed("erase", keys, [k.state("")])
+        return self._packed("erase", keys, [k.of(customer_id) + STATE])
 
     async def claim_due(
-        self, now: float, lease_until: float, limit: int, timers: str | None = None
+        self, now: float, lease_until: float, limit: int, timers: str
     ) -> list[tuple[str, float]]:
-        """Claim due members of a timers zset (the notifications' unless `timers` names
-        another, e.g. the inquiries' SLA timers) with a lease until `lease_until`."""
-        key = timers or self.keys.timers
+        """Claim due members of a timers zset (a group's, or the inquiries' SLA timers) with a
+        lease until `lease_until`."""
         flat = await self.meter.timed(
             "claim",
-            self._call(self.redis, "claim", [key], [f"{now:.3f}", f"{lease_until:.3f}", limit]),
+            self._call(self.redis, "claim", [timers], [f"{now:.3f}", f"{lease_until:.3f}", limit]),
         )
         return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    async def release(
-        self, lease_until: float, members: Sequence[str], timers: str | None = None
-    ) -> int:
+    async def claim_due_groups(
+        self, now: float, lease_until: float, limit: int
+    ) -> dict[int, list[tuple[str, float]]]:
+        """Claim due members of every group's timers (at most `limit` each), in one pipelined
+        round trip; the groups that had some."""
+        groups = self.keys.all_groups()
+        args: list[Arg] = [f"{now:.3f}", f"{lease_until:.3f}", limit]
+        commands = [self._packed("claim", [self.keys.group_timers(g)], args) for g in groups]
+        replies = await self.run(commands, "claim")
+        return {
+            g: [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+            for g, flat in zip(groups, replies, strict=True)
+            if flat
+        }
+
+    async def release(self, lease_until: float, members: Sequence[str], timers: str) -> int:
         if not members:
             return 0
-        key = timers or self.keys.timers
-        call = self._call(self.redis, "release", [key], [f"{lease_until:.3f}", *members])
+        call = self._call(self.redis, "release", [timers], [f"{lease_until:.3f}", *members])
         return int(await self.meter.timed("claim", call))
+
+    async def release_groups(self, lease_until: float, members: dict[int, list[str]]) -> int:
+        """`release` in several groups' timers, one pipelined round trip."""
+        lease = f"{lease_until:.3f}"
+        commands = [
+            self._packed("release", [self.keys.group_timers(g)], [lease, *ms])
+            for g, ms in members.items()
+            if ms
+        ]
+        return sum(int(n) for n in await self.run(commands, "claim"))

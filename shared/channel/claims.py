@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from shared.channel.provider import Completed
 from shared.config import ChannelSettings
@@ -172,7 +172,13 @@ class Claims:
         """Sort attempts claimed before: sent, this process's, a live process's, orphans."""
         deadline = time.monotonic() + ALIVE_TTL_S + self.settings.send_timeout_s + 1
         while taken:
-            values = await self.redis.mget([k for _, k in taken])
+            names = [k for _, k in taken]
+            values = await (
+                # on Redis Cluster the claims are in several hash slots: one MGET per slot
+                self.redis.mget_nonatomic(names)
+                if isinstance(self.redis, RedisCluster)
+                else self.redis.mget(names)
+            )
             held: dict[str, list[tuple[Dispatch, str, str]]] = {}
             for (d, k), raw in zip(taken, values, strict=True):
                 value = raw.decode() if isinstance(raw, bytes) else raw

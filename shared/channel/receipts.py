@@ -2,7 +2,8 @@
 
 Each accepted attempt is kept in memory and saved at once in Redis under
 `<prefix>receipt:<channel>:<provider_message_id>` (concurrent accepts share one round trip),
-together with its claim turning to "sent" (shared/channel/claims.py), so that a receipt
+together with its claim turning to "sent" (shared/channel/claims.py; one transaction, or on
+Redis Cluster the receipt first, then the claim: `_save_on_cluster`), so that a receipt
 reaching another replica's webhook, or this service after a restart (SIGKILL included), still
 finds its attempt, and the attempt is never taken for an orphan.
 """
@@ -14,7 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from shared.channel.claims import SENT, claim_key
 from shared.channel.outcomes import AttemptRef, OutcomePublisher
@@ -88,16 +89,36 @@ class ReceiptBook:
             self._unsaved.clear()
             if not ids:
                 return
-            pipe = self.redis.pipeline(transaction=True)
-            for pmid in ids:
-                ref = self._pending[pmid]
-                pipe.set(self.key(pmid), ref.to_json(), ex=self.settings.dedupe_ttl_s)
-                pipe.set(self.claim_key(ref), SENT, xx=True, keepttl=True)
             try:
-                await pipe.execute()
+                if isinstance(self.redis, RedisCluster):
+                    await self._save_on_cluster(ids)
+                else:
+                    pipe = self.redis.pipeline(transaction=True)
+                    for pmid in ids:
+                        ref = self._pending[pmid]
+                        pipe.set(self.key(pmid), ref.to_json(), ex=self.settings.dedupe_ttl_s)
+                        pipe.set(self.claim_key(ref), SENT, xx=True, keepttl=True)
+                    await pipe.execute()
             except BaseException:
                 self._unsaved.update(i for i in ids if i in self._pending)
                 raise
+
+    async def _save_on_cluster(self, ids: list[str]) -> None:
+        """On Redis Cluster a receipt key and its claim are in two hash slots, which one
+        transaction cannot span: the receipts are written first, then the claims turned
+        "sent". Stopped in between, an attempt's claim is as it would be had the process
+        stopped before the save (claims.py: a redelivered dispatch is taken over as an
+        orphan, not sent again by this process), and its receipt, saved, is still matched
+        when it comes."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pmid in ids:
+            ref = self._pending[pmid]
+            pipe.set(self.key(pmid), ref.to_json(), ex=self.settings.dedupe_ttl_s)
+        await pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for pmid in ids:
+            pipe.set(self.claim_key(self._pending[pmid]), SENT, xx=True, keepttl=True)
+        await pipe.execute()
 
     async def resolve(self, receipt: Receipt) -> bool:
         """Publish the outcome `receipt` reports; False if it matches no known attempt."""

@@ -135,7 +135,9 @@ class ChannelService:
         if self.liveness is not None:
             await _quietly(self.liveness.stop(), "heartbeat stop")
         if self.redis is not None:
-            await _quietly(self.redis.aclose(close_connection_pool=True), "redis close")
+            # the client owns its pool (shared/redis.py): aclose() closes it (and a
+            # RedisCluster's nodes)
+            await _quietly(self.redis.aclose(), "redis close")
 
 
 async def _wait_or_cancel(task: asyncio.Task[None], limit_s: float) -> None:

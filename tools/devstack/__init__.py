@@ -47,6 +47,7 @@ from tools.devstack.broker import Broker
 from tools.devstack.cli import cmd_down, cmd_status, cmd_up, main
 from tools.devstack.net import async_http_get, free_port, http_get, port_open, redis_ping
 from tools.devstack.process import InfraProcess, ManagedProcess, pid_alive
+from tools.devstack.redis_cluster import RedisClusterServers
 from tools.devstack.redis_server import RedisServer
 from tools.devstack.service import Service
 from tools.devstack.stack import Stack, StackOptions
@@ -67,6 +68,7 @@ __all__ = [
     "InfraProcess",
     "ManagedProcess",
     "Progress",
+    "RedisClusterServers",
     "RedisServer",
     "Service",
     "ServiceError",

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tools.devstack.base import HOST, INFRA_START_TIMEOUT_S, DevstackError, ServiceError
@@ -34,9 +35,11 @@ class RedisServer(InfraProcess):
         data_dir: Path | None = None,
         binary: str | None = None,
         detached: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__(log_path, port, binary=binary, detached=detached)
         self.data_dir = data_dir or log_path.parent / f"redis-{self.port}"
+        self.extra_args = list(extra_args)  # e.g. cluster mode (redis_cluster.py)
 
     def wipe(self) -> None:
         """Delete the persisted state (only while stopped)."""
@@ -82,6 +85,7 @@ class RedisServer(InfraProcess):
                 str(self.data_dir),
                 "--logfile",
                 "",
+                *self.extra_args,
             ]
         )
         deadline = time.monotonic() + timeout

@@ -64,6 +64,9 @@ class StackOptions:
     signing_keys: Mapping[str, str] | None = None
     signing_key_id: str = ""
     extra_env: Mapping[str, str] = field(default_factory=dict)  # every service
+    # a Redis of one's own (e.g. a Redis Cluster: redis+cluster://…) instead of starting one;
+    # the stack neither starts, wipes nor stops it
+    redis_url: str | None = None
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per service
     detached: bool = False
     progress: Progress | None = stderr_progress
@@ -113,7 +116,7 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return self.redis.url
+        return self.options.redis_url or self.redis.url
 
     @property
     def router_url(self) -> str:
@@ -207,8 +210,9 @@ class Stack:
             self.broker.start()
             # The broker keeps its topics in memory: Redis state from an earlier stack would
             # describe records that no longer exist. Restarts within this stack keep the AOF.
-            self.redis.wipe()
-            self.redis.start()
+            if self.options.redis_url is None:
+                self.redis.wipe()
+                self.redis.start()
             self.timings["infra"] = time.monotonic() - t0
             created = await self.broker.create_topics(self.settings())
             self.timings["topics"] = time.monotonic() - t0
@@ -232,12 +236,12 @@ class Stack:
         o = self.options
         if o.clock_start is None:
             return
-        from redis.asyncio import Redis
-
         from shared.clock import CLOCK_ORIGIN_KEY
 
         self.clock_origin_epoch_s = time.time()
-        client = Redis.from_url(self.redis_url)
+        from shared.redis import make_redis
+
+        client = make_redis(self.settings())
         try:
             await client.set(
                 f"{self.settings().key_prefix}{CLOCK_ORIGIN_KEY}", repr(self.clock_origin_epoch_s)

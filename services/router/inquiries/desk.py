@@ -271,13 +271,13 @@ class InquiryDesk:
             tier=original.get("tier") or "none",
             score=str(c.score),
         ).inc()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
+        # two keys of two hash slots (Redis Cluster): the score first, then the survey closed
+        # (were the router to stop between, a second answer would replace the score)
+        await self.redis.hset(
             self.keys.inquiry(survey_of),
             mapping={"feedback_score": str(c.score), "feedback_at": _now_iso(inq.received_at)},
         )
-        pipe.delete(self.keys.survey(sender))
-        await pipe.execute()
+        await self.redis.delete(self.keys.survey(sender))
         fields["feedback_for"] = survey_of
         return f"feedback: {c.score}"
 
@@ -395,14 +395,14 @@ class InquiryDesk:
         nids = [_s(n) for n in members]
         now = self.clock.epoch_s()
         woken = {}
-        for st in await self.store.read_states(nids):
+        for st in await self.store.read_states([(nid, cid) for nid in nids]):
             if st is None:
                 continue
             if st.final or st.phase != "retry_wait" or st.category not in self.hold.categories:
                 continue
             woken[timer_member("retry", st.customer_id, st.id, st.leg, st.attempt)] = now
         if woken:
-            await self.redis.zadd(self.keys.timers, woken, xx=True)
+            await self.redis.zadd(self.keys.timers(cid), woken, xx=True)
 
     # --- SLA deadlines --------------------------------------------------------------------
 
@@ -505,7 +505,7 @@ class InquiryDesk:
         members = await self.redis.smembers(self.keys.customer_notifications(cid))
         nids = [_s(n) for n in members]
         best: tuple[datetime, dict[str, Any]] | None = None
-        for st in await self.store.read_states(nids):
+        for st in await self.store.read_states([(nid, cid) for nid in nids]):
             if st is None:
                 continue
             figures = {k: st.data[k] for k in FIGURES if st.data.get(k) is not None}
@@ -580,12 +580,17 @@ class InquiryDesk:
         )
 
     async def _save(self, key: str, cid: str | None, fields: Mapping[Any, Any]) -> None:
+        # The inquiry and the customer's set of inquiries are in two hash slots (Redis
+        # Cluster): the set first, so an erasure always finds an inquiry that was written.
+        if cid:
+            ciq = self.keys.customer_inquiries(cid)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.sadd(ciq, fields["id"])
+            pipe.expire(ciq, self.settings.retention_s)
+            await pipe.execute()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping=fields)
         pipe.expire(key, self.settings.retention_s)
-        if cid:
-            pipe.sadd(self.keys.customer_inquiries(cid), fields["id"])
-            pipe.expire(self.keys.customer_inquiries(cid), self.settings.retention_s)
         await pipe.execute()
 
     async def _audit(self, record: CommsRecord, key: str) -> None:

@@ -1,14 +1,17 @@
 -- Apply a chunk of notification transitions; each one atomically (the whole chunk is).
--- Every key name comes from Python (services/router/store.py `Keys`): none is spelled here;
--- per-customer and per-notification keys are the prefixes passed in ARGV joined to an id.
--- KEYS: 1 timers zset
+-- Every key name comes from Python (services/router/store.py `Keys`), declared in KEYS: none
+-- is spelled or built here. On Redis Cluster every transition of one call is of one customer
+-- group (store.py `Store.apply`), so all its keys are in one hash slot; declared, they are
+-- checked before the script runs (during a resharding: ASK, or TRYAGAIN while the slot's keys
+-- are split between two nodes), so a transition is never cut short by a key that moved.
+-- KEYS: 6 per transition, in order: state, customer's notification set, timeline, ledger,
+--       the group's timers zset, the outbox of the input partition (for the group)
 -- ARGV: 1 retention seconds, 2 timeline max records, 3 ledger ttl seconds,
---       4 ledger prune-before score, key prefixes: 5 state, 6 customer's notification set,
---       7 timeline, 8 ledger; 9 the ledger's version member (ledger.py, scored minus the
---       version); then each transition as a run of arguments
---       (store.py `Store.apply`), a list being its length (number of values) then its values:
---         expected version (0 = must not exist), notification id, customer id, state json,
---         outbox key, outbox {id, blob, ...}, timer adds {score, member, ...},
+--       4 ledger prune-before score, 5 the ledger's version member (ledger.py, scored minus
+--       the version); then each transition as a run of arguments (store.py `Store.apply`),
+--       a list being its length (number of values) then its values:
+--         expected version (0 = must not exist), notification id, state json,
+--         outbox {id, blob, ...}, timer adds {score, member, ...},
 --         timer deletes {member, ...}, timeline entries {json, ...},
 --         ledger version the decision read (-1: the decision did not read the ledger),
 --         ledger adds {score, member, ...}, ledger removes {member, ...}
@@ -20,7 +23,7 @@ local retention = tonumber(ARGV[1])
 local tlmax = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local prune_before = ARGV[4]
-local P_STATE, P_CN, P_TL, P_LED, VERSION = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local VERSION = ARGV[5]
 local STEP = 500 -- at most this many values per variadic call (Lua's stack is bounded)
 
 -- redis.call(cmd, key, ARGV[a..b]) in calls of at most STEP * width values
@@ -48,14 +51,17 @@ local function state_at(skey, expected)
 end
 
 local results = {}
-local p = 10
+local p = 6
+local k = 0
 local n = 0
 local last = #ARGV
 while p <= last do
+  local skey, cnkey, tlkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local lkey, timers, obkey = KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
+  k = k + 6
   local expected = tonumber(ARGV[p])
-  local nid, cid, sjson, obkey = ARGV[p + 1], ARGV[p + 2], ARGV[p + 3], ARGV[p + 4]
-  local skey = P_STATE .. nid
-  p = p + 5
+  local nid, sjson = ARGV[p + 1], ARGV[p + 2]
+  p = p + 3
   -- the lists: [start, end] of each run of values
   local ob_a = p + 1; p = ob_a + tonumber(ARGV[p]); local ob_b = p - 1
   local ta_a = p + 1; p = ta_a + tonumber(ARGV[p]); local ta_b = p - 1
@@ -68,7 +74,6 @@ while p <= last do
 
   -- the state is its JSON, which opens with its version: {"v":<n>,... (state.py)
   local ok
-  local lkey = P_LED .. cid
   if lread >= 0 and ledger_version(lkey) ~= lread then
     ok = state_at(skey, expected) and 2 or 0 -- a state that moved on answers 0 first
   elseif expected == 0 then
@@ -82,16 +87,14 @@ while p <= last do
   end
   if ok == 1 then
     variadic('HSET', obkey, ob_a, ob_b, 2)
-    variadic('ZADD', KEYS[1], ta_a, ta_b, 2)
-    variadic('ZREM', KEYS[1], td_a, td_b, 1)
+    variadic('ZADD', timers, ta_a, ta_b, 2)
+    variadic('ZREM', timers, td_a, td_b, 1)
     if tl_b >= tl_a then
-      local tlkey = P_TL .. cid
       variadic('LPUSH', tlkey, tl_a, tl_b, 1)
       redis.call('LTRIM', tlkey, 0, tlmax - 1)
       redis.call('EXPIRE', tlkey, retention)
     end
     if expected == 0 then
-      local cnkey = P_CN .. cid
       redis.call('SADD', cnkey, nid)
       redis.call('EXPIRE', cnkey, retention)
     end
