@@ -64,7 +64,7 @@ async def main_async(args: argparse.Namespace) -> None:
             redis_url=redis_server.url,
             api_token="bench",
             policy_preset="cn",
-            signing_keys={"bench": secrets.token_urlsafe(32)},  # type: ignore[dict-item]
+            signing_keys={"bench": secrets.token_urlsafe(32)},
         )
         await broker.create_topics(s)
         redis = Redis.from_url(s.redis_url)
