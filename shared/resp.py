@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+
+try:  # hiredis' reader, when redis-py uses it: replies already received are taken from it
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+except ImportError:  # pragma: no cover (redis-py without hiredis support)
+    NOT_ENOUGH_DATA, _AsyncHiredisParser = object(), None  # type: ignore[assignment,misc]
 
 Arg = bytes | str | int | float
 
@@ -55,18 +61,46 @@ async def execute(redis: Redis, commands: Sequence[bytes]) -> list[Any]:
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await conn.send_packed_command(b"".join(commands), check_health=True)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response(disable_decoding=True))
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
+        return await read_replies(conn, len(commands))
     except BaseException:
         await conn.disconnect()
         raise
     finally:
         await pool.release(conn)
+
+
+async def read_replies(conn: Any, n: int) -> list[Any]:
+    """The next `n` replies on `conn`, undecoded; an error reply as its exception instance.
+
+    redis-py's `read_response` costs several µs a reply (a timeout context, checks) even when
+    the reply is already in its parser's buffer, and a batch's reads are thousands of small
+    replies (a profile, a hash, a ledger each). Replies already buffered are taken straight
+    from hiredis' reader; `read_response` (with its timeout) reads the socket when the buffer
+    runs dry, and handles anything unusual (RESP3 push messages: that path is RESP2 only).
+    """
+    out: list[Any] = []
+    parser = conn._parser
+    fast = (
+        _AsyncHiredisParser is not None
+        and isinstance(parser, _AsyncHiredisParser)
+        and getattr(conn, "protocol", None) == 2
+    )
+    while len(out) < n:
+        if fast and parser._connected:
+            reply = parser._reader.gets(False)
+            if reply is not NOT_ENOUGH_DATA:
+                if isinstance(reply, RedisConnectionError) or (
+                    isinstance(reply, list) and reply and isinstance(reply[0], RedisConnectionError)
+                ):
+                    await conn.disconnect(nowait=True)
+                    raise reply if isinstance(reply, RedisConnectionError) else reply[0]
+                out.append(reply)  # an error reply is a ResponseError instance already
+                continue
+        try:
+            out.append(await conn.read_response(disable_decoding=True))
+        except ResponseError as exc:
+            out.append(exc)
+    return out
 
 
 class Stream:
@@ -92,12 +126,7 @@ class Stream:
             self.written += len(commands)
 
     async def replies(self) -> list[Any]:
-        out: list[Any] = []
-        for _ in range(self.written):
-            try:
-                out.append(await self.conn.read_response(disable_decoding=True))
-            except ResponseError as exc:
-                out.append(exc)
+        out = await read_replies(self.conn, self.written)
         self.written = 0
         return out
 

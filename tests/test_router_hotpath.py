@@ -10,11 +10,15 @@ import random
 from datetime import UTC, datetime
 
 from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.router.ledger import VERSION_MEMBER, LedgerView
 from services.router.state import AttemptEntry, Leg, NotificationState, decode_state, encode_state
+from services.router.store import Store, Transition
 from shared.gctune import gc_paused
 from shared.kafka import key_partition
+from shared.resp import pack, pack_bytes
 
 NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 
@@ -102,3 +106,35 @@ def test_gc_paused_restores_the_collector_as_it_was() -> None:
         assert not gc.isenabled()  # it was off: it stays off
     finally:
         gc.enable()
+
+
+_text = st.text(max_size=40)
+_blob = st.binary(max_size=1200)
+_score = st.floats(allow_nan=False, allow_infinity=False) | st.integers(0, 2**40).map(float)
+_transition = st.builds(
+    Transition,
+    notification_id=_text,
+    customer_id=_text,
+    expected_version=st.integers(0, 3000),
+    state_json=_blob,
+    outbox_key=_text,
+    outbox=st.lists(st.tuples(_text, _blob), max_size=4),
+    timers_add=st.lists(st.tuples(_text, _score), max_size=3),
+    timers_del=st.lists(_text, max_size=3),
+    timeline=st.lists(_blob, max_size=3),
+    ledger_read_version=st.integers(-1, 3000),
+    ledger_add=st.lists(st.tuples(_text, _score), max_size=3),
+    ledger_rem=st.lists(_text, max_size=3),
+    ledger_prune_before=_score,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_transition, max_size=6))
+def test_the_lua_call_is_packed_as_its_argument_list(chunk: list[Transition]) -> None:
+    """`Store.apply` writes RESP in one pass: exactly `apply_args` packed argument by
+    argument (the layout apply.lua reads)."""
+    store = Store(None, "p:", 86_400, 200, 7 * 86_400.0)  # type: ignore[arg-type]
+    store._sha["apply"] = "f" * 40
+    assert store.apply(chunk) == pack(*store.apply_args(chunk))
+    assert store.apply(chunk) == pack_bytes(store.apply_args(chunk))  # the scores cached
