@@ -8,6 +8,7 @@ left) change nothing and return None.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
@@ -16,20 +17,28 @@ from zoneinfo import ZoneInfo
 import orjson
 from msgspec.structs import replace
 
+from services.router import messages
 from services.router.controls import Controls, apply_controls
 from services.router.ledger import Entry, LedgerView, member
-from services.router.messages import Attempt, CommsRecord, Dispatch, NotificationStatus
+from services.router.messages import (
+    Attempt,
+    CommsRecord,
+    Dispatch,
+    NotificationStatus,
+    Request,
+    RequestContacts,
+)
 from services.router.plans import PlanBook
 from services.router.policy import Contact, ContactPolicy, Verdict
 from services.router.policy.localtime import resolve_local
 from services.router.state import AttemptEntry, Leg, NotificationState, PolicyContext
 from shared.contract.models import (
     AttemptOutcome,
+    BackupContact,
     Channel,
     Contacts,
     CustomerProfile,
     FinalStatus,
-    NotificationRequested,
     Outcome,
     TimerFired,
 )
@@ -120,7 +129,7 @@ class Machine:
 
     def start(
         self,
-        req: NotificationRequested,
+        req: Request,
         profile: CustomerProfile | None,
         now: datetime,
         ledger: LedgerView | None = None,
@@ -685,10 +694,10 @@ class Machine:
         return timer_member(kind, state.customer_id, state.id, leg, attempt)
 
     def _legs(
-        self, type_: str, override: Contacts | None, profile: CustomerProfile | None
+        self, type_: str, override: RequestContacts | None, profile: CustomerProfile | None
     ) -> list[Leg]:
         plan = self.plans.plans[type_]
-        o = override or Contacts()
+        o: RequestContacts = override or _NO_CONTACTS
         if plan.request_contacts_only:
             profile = None
         phone = o.phone or (profile.phone if profile else None)
@@ -696,7 +705,7 @@ class Machine:
         tokens = (
             o.push_tokens if o.push_tokens is not None else (profile.push_tokens if profile else [])
         )
-        backups = (
+        backups: Sequence[BackupContact | messages.BackupContact] = (
             o.backup_contacts
             if o.backup_contacts is not None
             else (profile.backup_contacts if profile else [])
@@ -730,6 +739,9 @@ class Machine:
         if plan.request_contacts_only:
             legs = [leg for leg in legs if leg.address is not None]
         return legs
+
+
+_NO_CONTACTS = Contacts()
 
 
 def _debt(state: NotificationState) -> str:
