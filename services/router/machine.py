@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
+import msgspec
 import orjson
 from msgspec.structs import replace
 
@@ -55,23 +55,26 @@ def timer_member(
     return orjson.dumps([kind, customer_id, notification_id, leg, att]).decode()
 
 
-@dataclass(slots=True)
-class Effects:
-    """What a transition asks the engine to do, all or nothing with the new state."""
+class Effects(msgspec.Struct):
+    """What a transition asks the engine to do, all or nothing with the new state.
 
-    dispatches: list[Dispatch] = field(default_factory=list)
-    records: list[CommsRecord] = field(default_factory=list)
+    A msgspec Struct (one per transition on the hot path): its empty lists are made in C,
+    where a dataclass calls a default factory per field."""
+
+    dispatches: list[Dispatch] = msgspec.field(default_factory=list)
+    records: list[CommsRecord] = msgspec.field(default_factory=list)
     final: NotificationStatus | None = None
-    timers_add: list[tuple[str, float]] = field(default_factory=list)
-    timers_del: list[str] = field(default_factory=list)
+    timers_add: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    timers_del: list[str] = msgspec.field(default_factory=list)
     # (channel left, channel tried next or "none" when the plan is exhausted, reason)
-    fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
+    fallbacks: list[tuple[str, str, str]] = msgspec.field(default_factory=list)
     # the frequency ledger: entries to add (member, epoch s) and remove; `ledger_read`: a
     # decision used the ledger, so the transition holds only if nobody wrote it since
-    ledger_add: list[tuple[str, float]] = field(default_factory=list)
-    ledger_rem: list[str] = field(default_factory=list)
+    ledger_add: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    ledger_rem: list[str] = msgspec.field(default_factory=list)
     ledger_read: bool = False
-    decisions: list[tuple[str, str, str]] = field(default_factory=list)  # verdict, rule, channel
+    # verdict, rule, channel
+    decisions: list[tuple[str, str, str]] = msgspec.field(default_factory=list)
 
 
 class Machine:

@@ -27,10 +27,11 @@ Key names are built here only: the Lua scripts receive every name they touch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -95,8 +96,7 @@ class Keys:
         return f"{self.prefix}inqtimers"
 
 
-@dataclass(slots=True)
-class Transition:
+class Transition(msgspec.Struct, kw_only=True):
     """Everything one notification's transition writes, applied by apply.lua in one call."""
 
     notification_id: str
@@ -110,8 +110,8 @@ class Transition:
     timeline: list[bytes]
     # the frequency ledger: the version a decision read (-1: none), and what to write
     ledger_read_version: int = -1
-    ledger_add: list[tuple[str, float]] = field(default_factory=list)
-    ledger_rem: list[str] = field(default_factory=list)
+    ledger_add: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    ledger_rem: list[str] = msgspec.field(default_factory=list)
     ledger_prune_before: float = 0.0
 
 
