@@ -76,18 +76,18 @@ async def read_replies(conn: Any, n: int) -> list[Any]:
     the reply is already in its parser's buffer, and a batch's reads are thousands of small
     replies (a profile, a hash, a ledger each). Replies already buffered are taken straight
     from hiredis' reader; `read_response` (with its timeout) reads the socket when the buffer
-    runs dry, and handles anything unusual (RESP3 push messages: that path is RESP2 only).
+    runs dry. A RESP3 push message met on the way is handled as `read_response` handles it.
     """
     out: list[Any] = []
     parser = conn._parser
-    fast = (
-        _AsyncHiredisParser is not None
-        and isinstance(parser, _AsyncHiredisParser)
-        and getattr(conn, "protocol", None) == 2
-    )
+    fast = _AsyncHiredisParser is not None and isinstance(parser, _AsyncHiredisParser)
+    push = getattr(parser, "_hiredis_PushNotificationType", None) if fast else None
     while len(out) < n:
         if fast and parser._connected:
             reply = parser._reader.gets(False)
+            if push is not None and isinstance(reply, push):
+                await parser.handle_push_response(reply)
+                continue
             if reply is not NOT_ENOUGH_DATA:
                 if isinstance(reply, RedisConnectionError) or (
                     isinstance(reply, list) and reply and isinstance(reply[0], RedisConnectionError)
