@@ -104,6 +104,18 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         if args.json:
             print(json.dumps(result))
+        if args.redis_stats:  # where Redis' time went, per command (all rounds, warm-up too)
+            stats = await redis.info("commandstats")
+            total = sum(v["usec"] for v in stats.values())
+            rounds_n = (args.warmup + args.rounds) * args.n
+            print("| Redis command | calls per event | µs per call | µs per event |")
+            print("|---|---|---|---|")
+            for name, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"]):
+                if v["usec"] >= total / 200:
+                    print(
+                        f"| {name.removeprefix('cmdstat_')} | {v['calls'] / rounds_n:.3f} "
+                        f"| {v['usec_per_call']:.1f} | {v['usec'] / rounds_n:.1f} |"
+                    )
         await producer.stop()
         await redis.aclose()
     finally:
@@ -118,6 +130,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.add_argument(
+        "--redis-stats", action="store_true", help="also print Redis' time per command"
+    )
     args = p.parse_args()
     os.environ.setdefault("TONGDA_LOG_LEVEL", "WARNING")
     asyncio.run(main_async(args))

@@ -730,9 +730,12 @@ class Machine:
                 ]
             elif step.channel == "voice":
                 legs.append(replace(base, address=phone))
-                legs += [
-                    replace(base, address=p, kind="alt_phone") for p in alt_phones if p != phone
-                ]
+                if alt_phones:
+                    legs += [
+                        replace(base, address=p, kind="alt_phone")
+                        for p in alt_phones
+                        if p != phone
+                    ]
             elif step.channel == "sms":
                 legs.append(replace(base, address=phone))
             elif step.channel == "email":
