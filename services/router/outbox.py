@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -54,9 +53,8 @@ class OutRecord(msgspec.Struct, frozen=True, gc=False):
         return cls(effect_id, rest[:n].decode(), rest[n : n + m], rest[n + m :])
 
 
-@dataclass(frozen=True)
-class Written:
-    """Where the broker put a record."""
+class Written(msgspec.Struct, frozen=True, gc=False):
+    """Where the broker put a record (one per record produced: a Struct, not a dataclass)."""
 
     topic: str
     partition: int
@@ -222,10 +220,11 @@ class Outbox:
     async def _clear(
         self, records: Sequence[tuple[TopicPartition, OutRecord]], written: Sequence[Written]
     ) -> None:
-        top: dict[str, int] = {}
+        ends: dict[tuple[str, int], int] = {}
         for w in written:
-            field = f"{w.topic}:{w.partition}"
-            top[field] = max(top.get(field, -1), w.offset + 1)
+            tp_out = (w.topic, w.partition)
+            ends[tp_out] = max(ends.get(tp_out, -1), w.offset + 1)
+        top = {f"{topic}:{partition}": end for (topic, partition), end in ends.items()}
         by_input: dict[TopicPartition, list[str]] = {}
         for tp, r in records:
             by_input.setdefault(tp, []).append(r.effect_id)
