@@ -37,6 +37,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 
+try:  # hiredis' reader, when redis-py uses it: replies already received are taken from it
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+except ImportError:  # pragma: no cover (redis-py without hiredis support)
+    NOT_ENOUGH_DATA, _AsyncHiredisParser = object(), None  # type: ignore[assignment,misc]
+
 Arg = bytes | str | int | float
 
 
@@ -110,13 +115,7 @@ async def execute(redis: Redis | RedisCluster, commands: Sequence[bytes]) -> lis
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await conn.send_packed_command(b"".join(commands), check_health=True)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response(disable_decoding=True))
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
+        return await read_replies(conn, len(commands))
     except BaseException:
         await conn.disconnect()
         raise
@@ -188,6 +187,40 @@ async def _again(redis: RedisCluster, command: bytes) -> Any:
             return exc
 
 
+async def read_replies(conn: Any, n: int) -> list[Any]:
+    """The next `n` replies on `conn`, undecoded; an error reply as its exception instance.
+
+    redis-py's `read_response` costs several µs a reply (a timeout context, checks) even when
+    the reply is already in its parser's buffer, and a batch's reads are thousands of small
+    replies (a profile, a hash, a ledger each). Replies already buffered are taken straight
+    from hiredis' reader; `read_response` (with its timeout) reads the socket when the buffer
+    runs dry. A RESP3 push message met on the way is handled as `read_response` handles it.
+    """
+    out: list[Any] = []
+    parser = conn._parser
+    fast = _AsyncHiredisParser is not None and isinstance(parser, _AsyncHiredisParser)
+    push = getattr(parser, "_hiredis_PushNotificationType", None) if fast else None
+    while len(out) < n:
+        if fast and parser._connected:
+            reply = parser._reader.gets(False)
+            if push is not None and isinstance(reply, push):
+                await parser.handle_push_response(reply)
+                continue
+            if reply is not NOT_ENOUGH_DATA:
+                if isinstance(reply, RedisConnectionError) or (
+                    isinstance(reply, list) and reply and isinstance(reply[0], RedisConnectionError)
+                ):
+                    await conn.disconnect(nowait=True)
+                    raise reply if isinstance(reply, RedisConnectionError) else reply[0]
+                out.append(reply)  # an error reply is a ResponseError instance already
+                continue
+        try:
+            out.append(await conn.read_response(disable_decoding=True))
+        except ResponseError as exc:
+            out.append(exc)
+    return out
+
+
 class Stream:
     """Write commands on one connection as they are ready, read every reply at the end.
 
@@ -222,12 +255,7 @@ class Stream:
         if self.cluster is not None:
             kept, self.cluster = self.cluster, []
             return await execute(self.redis, kept)
-        out: list[Any] = []
-        for _ in range(self.written):
-            try:
-                out.append(await self.conn.read_response(disable_decoding=True))
-            except ResponseError as exc:
-                out.append(exc)
+        out = await read_replies(self.conn, self.written)
         self.written = 0
         return out
 

@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.router.ledger import Entry, LedgerView
 from services.router.policy import Contact, ContactPolicy, load_policy
@@ -255,3 +258,44 @@ def test_time_zone_falls_back_to_the_phone_region_then_the_default() -> None:
 
 def test_policy_default_is_permissive_where_config_is_silent() -> None:
     assert ContactPolicy().decide(contact(), local(SH, 2026, 11, 23, 3, 0)).action == "allow"
+
+
+# --- the windows' answers cached per batch instant ----------------------------------------
+
+_instants = st.sampled_from(
+    [
+        local(SH, 2026, 11, 23, 22, 30),
+        local(SH, 2026, 11, 24, 10, 0),
+        local(SH, 2026, 10, 1, 10, 0),  # national day: no business hours
+        local(NY, 2026, 11, 24, 12, 0),
+        local(SH, 2026, 11, 28, 12, 45),  # a Saturday
+    ]
+)
+_VARIANTS: dict[str, list[Any]] = {
+    "category": ["collection", "transactional", "reminder", "marketing"],
+    "channel": ["voice", "sms", "email", "push"],
+    "kind": ["borrower", "alt_phone", "backup_contact", "notice"],
+    "relation": [None, "employer", "spouse"],
+    "tz": [SH, NY, ZoneInfo("Europe/London")],
+    "country": ["CN", "US", "GB"],
+    "quiet_hours": [(), [("12:00", "14:00")], (("22:00", "07:00"),)],
+    "hold_until": [None, local(SH, 2026, 11, 24, 11, 0).timestamp()],
+}
+_contacts = st.builds(contact, **{name: st.sampled_from(vs) for name, vs in _VARIANTS.items()})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_contacts, _instants), min_size=1, max_size=6))
+def test_cached_window_answers_are_the_rules_answers(calls: list[tuple[Contact, datetime]]) -> None:
+    """One policy judging a stream of contacts, each followed by its variants in every field
+    the windows may read (their answers cached per instant), answers as a new policy does."""
+    cached = load_policy("cn")
+    for c, now in calls:
+        variants = [c] + [
+            msgspec.structs.replace(c, **{name: v})
+            for name, values in _VARIANTS.items()
+            for v in values
+        ]
+        for variant in variants:
+            fresh = ContactPolicy(cached.config)
+            assert cached.decide(variant, now) == fresh.decide(variant, now)

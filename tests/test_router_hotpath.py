@@ -9,12 +9,16 @@ import os
 import random
 from datetime import UTC, datetime
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from services.router.ledger import VERSION_MEMBER, LedgerView
 from services.router.state import AttemptEntry, Leg, NotificationState, decode_state, encode_state
 from shared.gctune import gc_paused
 from shared.kafka import key_partition
+from shared.resp import execute, pack
 
 NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 
@@ -23,7 +27,7 @@ def test_key_partition_is_the_default_partitioners_choice() -> None:
     default = DefaultPartitioner()
     rng = random.Random(7)
     for _ in range(2000):
-        key = os.urandom(rng.randrange(0, 40))
+        key = os.urandom(rng.randrange(0, 40) if rng.random() < 0.9 else rng.randrange(0, 600))
         n = rng.randrange(1, 64)
         parts = list(range(n))
         assert key_partition(key, n) == default(key, parts, parts)
@@ -102,3 +106,39 @@ def test_gc_paused_restores_the_collector_as_it_was() -> None:
         assert not gc.isenabled()  # it was off: it stays off
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_replies_are_read_in_order_with_errors_in_place(
+    redis_server: str, protocol: int
+) -> None:
+    """`shared.resp.execute` takes replies already buffered straight from hiredis' reader:
+    thousands of replies, error replies among them, come back in order, each error as its
+    exception, and the connection is usable afterwards."""
+    client = Redis.from_url(redis_server, protocol=protocol)
+    try:
+        key = f"resp-test-{protocol}"
+        await client.delete(key)
+        commands = []
+        for i in range(3000):
+            commands.append(pack("HSET", key, f"f{i}", i))
+            if i % 700 == 0:
+                commands.append(pack("EVALSHA", "0" * 40, 0))  # NOSCRIPT
+                commands.append(pack("INCR", key))  # WRONGTYPE
+        commands.append(pack("HGETALL", key))
+        replies = await execute(client, commands)
+        assert len(replies) == len(commands)
+        errors = [r for r in replies if isinstance(r, Exception)]
+        assert len(errors) == 2 * len(range(0, 3000, 700))
+        assert all(isinstance(e, NoScriptError) for e in errors[::2])
+        assert all(isinstance(e, ResponseError) and "WRONGTYPE" in str(e) for e in errors[1::2])
+        assert [r for r in replies[:-1] if not isinstance(r, Exception)] == [1] * 3000
+        found = replies[-1]
+        pairs = (
+            found if isinstance(found, dict) else dict(zip(found[::2], found[1::2], strict=True))
+        )
+        assert pairs[b"f2999"] == b"2999" and len(pairs) == 3000
+        assert await client.hget(key, "f7") == b"7"  # the pool's connections still work
+        await client.delete(key)
+    finally:
+        await client.aclose()

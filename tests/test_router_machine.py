@@ -276,6 +276,9 @@ def test_record_ids_are_deterministic(machine: Machine) -> None:
         (messages.CommsRecord, models.CommsRecord),
         (messages.NotificationStatus, models.NotificationStatus),
         (messages.Attempt, models.Attempt),
+        (messages.Requested, models.NotificationRequested),
+        (messages.Contacts, models.Contacts),
+        (messages.BackupContact, models.BackupContact),
     ],
 )
 def test_router_messages_mirror_the_contract_models(mirror: type, model: type) -> None:

@@ -8,28 +8,37 @@ left) change nothing and return None.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
+import msgspec
 import orjson
 from msgspec.structs import replace
 
+from services.router import messages
 from services.router.controls import Controls, apply_controls
 from services.router.ledger import Entry, LedgerView, member
-from services.router.messages import Attempt, CommsRecord, Dispatch, NotificationStatus
+from services.router.messages import (
+    Attempt,
+    CommsRecord,
+    Dispatch,
+    NotificationStatus,
+    Request,
+    RequestContacts,
+)
 from services.router.plans import PlanBook
 from services.router.policy import Contact, ContactPolicy, Verdict
 from services.router.policy.localtime import resolve_local
 from services.router.state import AttemptEntry, Leg, NotificationState, PolicyContext
 from shared.contract.models import (
     AttemptOutcome,
+    BackupContact,
     Channel,
     Contacts,
     CustomerProfile,
     FinalStatus,
-    NotificationRequested,
     Outcome,
     TimerFired,
 )
@@ -46,23 +55,26 @@ def timer_member(
     return orjson.dumps([kind, customer_id, notification_id, leg, att]).decode()
 
 
-@dataclass(slots=True)
-class Effects:
-    """What a transition asks the engine to do, all or nothing with the new state."""
+class Effects(msgspec.Struct):
+    """What a transition asks the engine to do, all or nothing with the new state.
 
-    dispatches: list[Dispatch] = field(default_factory=list)
-    records: list[CommsRecord] = field(default_factory=list)
+    A msgspec Struct (one per transition on the hot path): its empty lists are made in C,
+    where a dataclass calls a default factory per field."""
+
+    dispatches: list[Dispatch] = msgspec.field(default_factory=list)
+    records: list[CommsRecord] = msgspec.field(default_factory=list)
     final: NotificationStatus | None = None
-    timers_add: list[tuple[str, float]] = field(default_factory=list)
-    timers_del: list[str] = field(default_factory=list)
+    timers_add: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    timers_del: list[str] = msgspec.field(default_factory=list)
     # (channel left, channel tried next or "none" when the plan is exhausted, reason)
-    fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
+    fallbacks: list[tuple[str, str, str]] = msgspec.field(default_factory=list)
     # the frequency ledger: entries to add (member, epoch s) and remove; `ledger_read`: a
     # decision used the ledger, so the transition holds only if nobody wrote it since
-    ledger_add: list[tuple[str, float]] = field(default_factory=list)
-    ledger_rem: list[str] = field(default_factory=list)
+    ledger_add: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    ledger_rem: list[str] = msgspec.field(default_factory=list)
     ledger_read: bool = False
-    decisions: list[tuple[str, str, str]] = field(default_factory=list)  # verdict, rule, channel
+    # verdict, rule, channel
+    decisions: list[tuple[str, str, str]] = msgspec.field(default_factory=list)
 
 
 class Machine:
@@ -120,7 +132,7 @@ class Machine:
 
     def start(
         self,
-        req: NotificationRequested,
+        req: Request,
         profile: CustomerProfile | None,
         now: datetime,
         ledger: LedgerView | None = None,
@@ -685,10 +697,10 @@ class Machine:
         return timer_member(kind, state.customer_id, state.id, leg, attempt)
 
     def _legs(
-        self, type_: str, override: Contacts | None, profile: CustomerProfile | None
+        self, type_: str, override: RequestContacts | None, profile: CustomerProfile | None
     ) -> list[Leg]:
         plan = self.plans.plans[type_]
-        o = override or Contacts()
+        o: RequestContacts = override or _NO_CONTACTS
         if plan.request_contacts_only:
             profile = None
         phone = o.phone or (profile.phone if profile else None)
@@ -696,7 +708,7 @@ class Machine:
         tokens = (
             o.push_tokens if o.push_tokens is not None else (profile.push_tokens if profile else [])
         )
-        backups = (
+        backups: Sequence[BackupContact | messages.BackupContact] = (
             o.backup_contacts
             if o.backup_contacts is not None
             else (profile.backup_contacts if profile else [])
@@ -718,9 +730,12 @@ class Machine:
                 ]
             elif step.channel == "voice":
                 legs.append(replace(base, address=phone))
-                legs += [
-                    replace(base, address=p, kind="alt_phone") for p in alt_phones if p != phone
-                ]
+                if alt_phones:
+                    legs += [
+                        replace(base, address=p, kind="alt_phone")
+                        for p in alt_phones
+                        if p != phone
+                    ]
             elif step.channel == "sms":
                 legs.append(replace(base, address=phone))
             elif step.channel == "email":
@@ -730,6 +745,9 @@ class Machine:
         if plan.request_contacts_only:
             legs = [leg for leg in legs if leg.address is not None]
         return legs
+
+
+_NO_CONTACTS = Contacts()
 
 
 def _debt(state: NotificationState) -> str:

@@ -1,18 +1,83 @@
-"""What the router writes, as msgspec Structs: encoded once per attempt on the hot path.
+"""What the router writes, and the requests it reads, as msgspec Structs (the hot path).
 
 Each mirrors a model of `shared.contract.models` field for field (the contract models stay
 the definition and the validators; tests/test_router_machine.py checks that every message
 encoded here validates against its model and that the field sets are the same).
+
+`Requested` (with `Contacts` and `BackupContact`) is `notification.requested/v1` with the
+same constraints, the same regular expressions included: a request is decoded with it first
+(services/router/intake.py), and only a value it refuses goes to the pydantic model, which
+then accepts it or names what is wrong (so the dead-letter reasons are the model's). It may
+refuse more than the model does (e.g. a time without seconds), never less.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from shared.contract.models import Category, Channel, FinalStatus, Outcome, Priority
+from shared.contract import models
+from shared.contract.models import (
+    MAX_ADDRESSES,
+    Category,
+    Channel,
+    FinalStatus,
+    NotificationRequested,
+    Outcome,
+    Priority,
+)
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_Phone = Annotated[str, msgspec.Meta(pattern=models._E164.pattern)]
+_Email = Annotated[str, msgspec.Meta(max_length=254, pattern=models._EMAIL.pattern)]
+_Locale = Annotated[str, msgspec.Meta(pattern=models._BCP47.pattern)]
+_AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+_PushToken = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+_Relation = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class BackupContact(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """shared.contract.models.BackupContact."""
+
+    name: str | None = None
+    relation: _Relation = "emergency"
+    phone: _Phone | None = None
+    email: _Email | None = None
+
+
+class Contacts(msgspec.Struct, kw_only=True, frozen=True):
+    """shared.contract.models.Contacts."""
+
+    phone: _Phone | None = None
+    email: _Email | None = None
+    push_tokens: Annotated[list[_PushToken], msgspec.Meta(max_length=MAX_ADDRESSES)] | None = None
+    backup_contacts: (
+        Annotated[list[BackupContact], msgspec.Meta(max_length=MAX_ADDRESSES)] | None
+    ) = None
+
+
+class Requested(msgspec.Struct, kw_only=True, frozen=True):
+    """notification.requested/v1 (shared.contract.models.NotificationRequested)."""
+
+    schema_: Literal["notification.requested/v1"] = msgspec.field(name="schema")
+    id: _Id
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    customer_id: _Id
+    priority: Priority = "normal"
+    category: Category | None = None
+    locale: _Locale | None = None
+    occurred_at: _AwareDatetime
+    expires_at: _AwareDatetime | None = None
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    contacts: Contacts | None = None
+
+
+# A request as the router handles it: decoded by the mirror, or by the model (the API, the
+# values the mirror refused, tests).
+Request = NotificationRequested | Requested
+RequestContacts = models.Contacts | Contacts
 
 
 class Dispatch(msgspec.Struct, kw_only=True):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata, TopicPartition
 from redis.asyncio import Redis
@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 EFFECT_HEADER = "tongda-effect"
 
 
-@dataclass(frozen=True, slots=True)
-class OutRecord:
+class OutRecord(msgspec.Struct, frozen=True, gc=False):
+    """One record to produce, with its effect id (a msgspec Struct: thousands per batch)."""
+
     effect_id: str
     topic: str
     key: bytes
@@ -55,9 +56,8 @@ class OutRecord:
         return cls(effect_id, rest[:n].decode(), rest[n : n + m], rest[n + m :])
 
 
-@dataclass(frozen=True)
-class Written:
-    """Where the broker put a record."""
+class Written(msgspec.Struct, frozen=True, gc=False):
+    """Where the broker put a record (one per record produced: a Struct, not a dataclass)."""
 
     topic: str
     partition: int
@@ -223,10 +223,11 @@ class Outbox:
     async def _clear(
         self, records: Sequence[tuple[TopicPartition, OutRecord]], written: Sequence[Written]
     ) -> None:
-        top: dict[str, int] = {}
+        ends: dict[tuple[str, int], int] = {}
         for w in written:
-            field = f"{w.topic}:{w.partition}"
-            top[field] = max(top.get(field, -1), w.offset + 1)
+            tp_out = (w.topic, w.partition)
+            ends[tp_out] = max(ends.get(tp_out, -1), w.offset + 1)
+        top = {f"{topic}:{partition}": end for (topic, partition), end in ends.items()}
         by_box: dict[str, list[str]] = {}
         inputs: set[TopicPartition] = set()
         for tp, r in records:

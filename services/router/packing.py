@@ -4,8 +4,7 @@ writes atomically (state, outbox, timers, timeline, ledger)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 from aiokafka.structs import TopicPartition
 
 from services.router.machine import Effects
@@ -16,8 +15,7 @@ from services.router.store import Keys, Transition
 from shared.config import Topics
 
 
-@dataclass(slots=True)
-class Pending:
+class Pending(msgspec.Struct):
     """A computed transition waiting for its Lua call, with what to do once applied."""
 
     transition: Transition

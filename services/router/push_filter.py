@@ -12,22 +12,26 @@ push service does not refuse it as known dead either. The stored profile is not 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
+import msgspec
 from aiokafka.structs import TopicPartition
 
+from services.router.messages import Contacts, Request, Requested
 from services.router.plans import PlanBook
 from services.router.store import Store
 from shared.config import CommonSettings
-from shared.contract.models import CustomerProfile, NotificationRequested
+from shared.contract.models import CustomerProfile
 from shared.kafka import Record
 from shared.push_tokens import DeadMark, dead_token_key
 from shared.resp import pack as pack_command
 
-Item = tuple[TopicPartition, Record, NotificationRequested]
+Item = tuple[TopicPartition, Record, Request]
+T = TypeVar("T")
 
 
 def _tokens(
-    plans: PlanBook, req: NotificationRequested, profile: CustomerProfile | None
+    plans: PlanBook, req: Request, profile: CustomerProfile | None
 ) -> list[str]:
     plan = plans.get(req.type)
     if plan is None or not any(step.channel == "push" for step in plan.steps):
@@ -82,7 +86,15 @@ async def without_dead_tokens(
     for tp, msg, req in requests:
         c = req.contacts
         if c is not None and c.push_tokens is not None:
-            c = c.model_copy(update={"push_tokens": live(req.customer_id, c.push_tokens)})
-            req = req.model_copy(update={"contacts": c})
+            c = _with(c, push_tokens=live(req.customer_id, c.push_tokens))
+            req = _with(req, contacts=c)
         out.append((tp, msg, req))
     return out, kept
+
+
+def _with(value: T, **changes: object) -> T:
+    """A copy of a request (or its contacts) with `changes`: the pydantic model's or the
+    msgspec mirror's (services/router/messages.py)."""
+    if isinstance(value, Requested | Contacts):
+        return msgspec.structs.replace(value, **changes)
+    return value.model_copy(update=changes)  # type: ignore[attr-defined,no-any-return]

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import msgspec
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -186,8 +187,7 @@ class Read(Generic[R]):
     parse: Callable[[list[Any]], R]
 
 
-@dataclass(slots=True)
-class Transition:
+class Transition(msgspec.Struct, kw_only=True):
     """Everything one notification's transition writes, applied by apply.lua in one call."""
 
     notification_id: str
@@ -201,8 +201,8 @@ class Transition:
     timeline: list[bytes]
     # the frequency ledger: the version a decision read (-1: none), and what to write
     ledger_read_version: int = -1
-    ledger_add: list[tuple[str, float]] = field(default_factory=list)
-    ledger_rem: list[str] = field(default_factory=list)
+    ledger_add: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    ledger_rem: list[str] = msgspec.field(default_factory=list)
     ledger_prune_before: float = 0.0
 
 

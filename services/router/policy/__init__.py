@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 MAX_WINDOW_ROUNDS = 16
+WINDOWS_CACHED = 4096  # window answers kept for the current `now` (per contact kind)
 
 
 class ContactPolicy:
@@ -53,6 +54,9 @@ class ContactPolicy:
             HardshipHold(c.hardship_hold),
         ]
         self.caps = FrequencyCaps(c.frequency)
+        # `_windows` answers for the last `now` seen: the same instant for a whole batch
+        self._windows_now: datetime | None = None
+        self._windows_seen: dict[tuple[object, ...], tuple[datetime | None, str | None]] = {}
 
     @property
     def ledger_channels(self) -> frozenset[Channel]:
@@ -73,7 +77,26 @@ class ContactPolicy:
             verdict = gate.check(c, now)
             if verdict is not None:
                 return verdict
-        until, rule = self._windows(c, now)
+        # The windows depend on these only (tests/test_policy_rules.py checks the cache
+        # against the rules), and a batch judges thousands of contacts at one `now`.
+        key = (
+            c.category,
+            c.channel,
+            c.kind,
+            c.relation,
+            c.tz,
+            c.country,
+            tuple(tuple(q) for q in c.quiet_hours) if c.quiet_hours else (),
+            c.hold_until,
+        )
+        if now != self._windows_now:
+            self._windows_now, self._windows_seen = now, {}
+        found = self._windows_seen.get(key)
+        if found is None:
+            if len(self._windows_seen) >= WINDOWS_CACHED:
+                self._windows_seen.clear()
+            found = self._windows_seen[key] = self._windows(c, now)
+        until, rule = found
         if rule is not None:
             return Verdict("suppress" if until is None else "defer", rule, until)
         caps = self.caps.applicable(c)
