@@ -114,6 +114,9 @@ async def engine_harness(
         if task is not None and consumer is not None:
             await task
             await consumer.stop()
+        # what the test's own engine.process calls left in flight (the outbox's clean-up would
+        # otherwise run on a closed client and open new connections: a RedisCluster's leak)
+        await core.outbox.flush()
         await producer.stop()
         await redis.aclose()
 

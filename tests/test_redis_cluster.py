@@ -10,15 +10,19 @@ keeps routing while the slots of its groups move between nodes (a resharding).
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import time
 import zlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import orjson
 import pytest
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ClusterCrossSlotError
+from redis.exceptions import ClusterCrossSlotError, NoPermissionError
 
 from services.router.store import Keys, Store, Transition
 from shared.config import RouterSettings
@@ -44,7 +48,9 @@ from tests.test_router_engine import (  # noqa: F401
     test_same_id_twice_is_one_notification,
     test_step_timeout_fires_from_the_scheduler,
 )
-from tools.devstack import RedisClusterServers
+from tests.tls_support import make_pki, terminate
+from tools.devstack import RedisClusterServers, RedisServer
+from tools.devstack.redis_cluster import cluster_port
 
 
 @pytest.fixture
@@ -253,3 +259,126 @@ async def test_durability_is_checked_on_every_primary(
         assert warning is not None and f":{node.port} runs with" in warning
     finally:
         redis_cluster_process.cli("config", "set", "appendfsync", "always", port=node.port)
+
+
+class TlsCluster:
+    """Three primaries serving TLS only (the cluster bus too, with the client certificate),
+    the `default` user off, an `admin` user (to create the cluster) and the ACL user
+    docs/operations.md recommends: `tongda`, keys `tongda:*`, no @admin or @dangerous."""
+
+    PASSWORD = "cluster-secret-1"
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.pki = make_pki(directory / "pki")
+        self.ports = [cluster_port() for _ in range(3)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[IO[bytes]] = []
+        self.cli = [shutil.which("redis-cli") or "redis-cli", "--tls", "--cacert", str(self.pki.ca)]
+        self.cli += ["--user", "admin", "--pass", "admin-pw", "--no-auth-warning"]
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def run(self, *args: str, port: int | None = None) -> str:
+        where = ["-p", str(port)] if port else []
+        done = subprocess.run([*self.cli, *where, *args], capture_output=True, timeout=30)
+        return done.stdout.decode() if done.returncode == 0 else ""
+
+    def start(self) -> None:
+        pki = self.pki
+        for port in self.ports:
+            data = self.dir / f"n{port}"
+            data.mkdir()
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        RedisServer.find_binary(),
+                        *("--port", "0", "--bind", "127.0.0.1", "--tls-port", str(port)),
+                        *("--tls-cert-file", str(pki.server_cert)),
+                        *("--tls-key-file", str(pki.server_key)),
+                        *("--tls-client-cert-file", str(pki.client_cert)),
+                        *("--tls-client-key-file", str(pki.client_key)),
+                        *("--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", "optional"),
+                        *("--tls-cluster", "yes", "--cluster-port", str(port + 10_000)),
+                        *("--cluster-enabled", "yes", "--dir", str(data)),
+                        *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+                        *("--user", "default", "off", "--user", "admin", "on", ">admin-pw"),
+                        *("~*", "&*", "+@all", "--user", "tongda", "on", f">{self.PASSWORD}"),
+                        *("~tongda:*", "&*", "+@all", "-@admin", "-@dangerous"),
+                    ],
+                    stdout=self._log(port),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        deadline = time.monotonic() + 20
+        for port in self.ports:
+            while "PONG" not in self.run("ping", port=port):
+                assert time.monotonic() < deadline, "TLS node not answering"
+                time.sleep(0.05)
+        create = ["--cluster", "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        assert self.run(*create), "redis-cli --cluster create failed"
+        for port in self.ports:
+            while "cluster_state:ok" not in self.run("cluster", "info", port=port):
+                assert time.monotonic() < deadline, "TLS cluster not ok"
+                time.sleep(0.05)
+
+    def _log(self, port: int) -> IO[bytes]:
+        log = (self.dir / f"n{port}.log").open("ab")
+        self.logs.append(log)
+        return log
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            terminate(proc)
+        for log in self.logs:
+            log.close()
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path) -> Iterator[TlsCluster]:
+    cluster = TlsCluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_tls_and_the_acl_user_on_a_cluster(tls_cluster: TlsCluster) -> None:
+    """The TLS and ACL settings apply to every node of a cluster reached by a
+    `rediss+cluster://` URL: apply.lua runs in several groups' slots and the states read
+    back; a key outside the user's pattern is refused; plaintext gets nowhere."""
+    settings = RouterSettings(
+        api_token="t",
+        redis_url="rediss+cluster://" + ",".join(tls_cluster.nodes) + "/",
+        redis_ssl_cafile=tls_cluster.pki.ca,
+        redis_username="tongda",
+        redis_password=TlsCluster.PASSWORD,
+    )
+    client = make_redis(settings)
+    assert isinstance(client, RedisCluster)
+    try:
+        store = Store(client, "tongda:tls:", 600, 10, 3600.0)
+        await store.load_scripts()
+        chunk = [transition(i, store.keys) for i in range(40)]
+        calls = store.apply(chunk)
+        assert len(calls) > 1
+        replies = await store.run([c for c, _ in calls])
+        assert sum(int(r) for reply in replies for r in reply) == 40
+        names = [pack("GET", store.keys.state(t.notification_id, t.customer_id)) for t in chunk]
+        assert await store.run(names, "read") == [b'{"v":1}'] * 40
+        assert await durability_warning(client) is None  # CONFIG is @admin: not asked
+        (refused,) = await execute(client, [pack("SET", "{x}elsewhere", 1)])
+        assert isinstance(refused, NoPermissionError)
+    finally:
+        await client.aclose()
+    plain = make_redis(
+        RouterSettings(api_token="t", redis_url="redis+cluster://" + tls_cluster.nodes[0])
+    )
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - any failure to speak plaintext to TLS
+            await plain.ping()
+    finally:
+        await plain.aclose()
