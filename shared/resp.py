@@ -198,7 +198,13 @@ async def read_replies(conn: Any, n: int) -> list[Any]:
     """
     out: list[Any] = []
     parser = conn._parser
-    fast = _AsyncHiredisParser is not None and isinstance(parser, _AsyncHiredisParser)
+    # (private attributes of redis-py's hiredis parser: without them, the slow path only)
+    fast = (
+        _AsyncHiredisParser is not None
+        and isinstance(parser, _AsyncHiredisParser)
+        and hasattr(parser, "_reader")
+        and hasattr(parser, "_connected")
+    )
     push = getattr(parser, "_hiredis_PushNotificationType", None) if fast else None
     while len(out) < n:
         if fast and parser._connected:

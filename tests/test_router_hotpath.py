@@ -11,11 +11,15 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from services.router.controls import controls_commands
 from services.router.ledger import VERSION_MEMBER, LedgerView
 from services.router.state import AttemptEntry, Leg, NotificationState, decode_state, encode_state
+from services.router.store import Keys
 from shared.gctune import gc_paused
 from shared.kafka import key_partition
 from shared.resp import execute, pack
@@ -142,3 +146,11 @@ async def test_replies_are_read_in_order_with_errors_in_place(
         await client.delete(key)
     finally:
         await client.aclose()
+
+
+@given(st.lists(st.text(min_size=1, max_size=300), max_size=5))
+def test_controls_reads_are_hgetall_commands(customer_ids: list[str]) -> None:
+    keys = Keys("p:")
+    assert controls_commands(keys, customer_ids) == [
+        pack("HGETALL", keys.controls(c)) for c in customer_ids
+    ]

@@ -209,3 +209,22 @@ def test_an_invalid_request_is_dead_lettered_with_the_models_reason() -> None:
             decode(raw, NotificationRequested)
         assert (exc.code, exc.detail) == (expected.value.code, expected.value.detail)
         assert msg.value == raw
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '"id": "a", "id": "b"',  # both take the last
+        '"id": "", "id": "b"',  # the mirror refuses the first: the model decides
+        '"id": "a", "contacts": {"phone": "+8613800000001", "phone": "+8613800000002"}',
+    ],
+)
+def test_a_repeated_field_reads_as_the_model_reads_it(body: str) -> None:
+    raw = (
+        f'{{"schema": "{SCHEMA}", "type": "overdue_notice", "customer_id": "c1", '
+        f'"occurred_at": "2026-11-24T02:00:00Z", {body}}}'
+    ).encode()
+    model = NotificationRequested.model_validate_json(raw)
+    mirror = fast_request(raw)
+    if mirror is not None:
+        _same(mirror, model)

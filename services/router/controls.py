@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from services.router.state import PolicyContext
 from services.router.store import Keys
 from shared.contract.models import CHANNELS, Channel, PreferenceState
-from shared.resp import execute, pack
+from shared.resp import execute
 
 _HOLD = b"hold"
 _PREF = b"pref:"
@@ -106,16 +106,19 @@ def apply_controls(ctx: PolicyContext, controls: Controls | None) -> PolicyConte
 
 
 def controls_commands(keys: Keys, customer_ids: Sequence[str]) -> list[bytes]:
-    """The packed reads of each customer's controls (to pipeline with other reads)."""
-    return [pack("HGETALL", keys.controls(c)) for c in customer_ids]
+    """The packed reads of each customer's controls (to pipeline with other reads): each is
+    `pack("HGETALL", key)`, written in one format (one per customer of every batch)."""
+    out = []
+    for c in customer_ids:
+        key = keys.controls(c).encode()
+        out.append(b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n" % (len(key), key))
+    return out
 
 
 def parse_controls(customer_ids: Sequence[str], replies: Sequence[object]) -> dict[str, Controls]:
     """The controls of each customer that has any, from the replies of controls_commands."""
     out = {}
     for cid, flat in zip(customer_ids, replies, strict=True):
-        if isinstance(flat, Exception):
-            raise flat
         if isinstance(flat, Exception):
             raise flat
         # HGETALL: a flat list (RESP2) or a map (RESP3)

@@ -186,9 +186,10 @@ class RouterEngine:
             pending += await self._requests(intake, now)
         if intake.inbox:
             pending += await self._inbox(intake, now)
-        records: list[tuple[TopicPartition, OutRecord]] = []
+        records: list[tuple[TopicPartition, OutRecord]] = [
+            (p.input_tp, r) for p in pending for r in p.records
+        ]
         for p in pending:
-            records += [(p.input_tp, r) for r in p.records]
             observe(p)
         await asyncio.gather(
             self.outbox.start_send(records),  # acknowledged while the next batch is processed

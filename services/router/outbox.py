@@ -47,7 +47,7 @@ class OutRecord(msgspec.Struct, frozen=True, gc=False):
 
     def pack(self) -> bytes:
         t, k = self.topic.encode(), self.key
-        return f"{len(t)}:{len(k)}:".encode() + t + k + self.value
+        return b"%d:%d:%b%b%b" % (len(t), len(k), t, k, self.value)  # one copy of the value
 
     @classmethod
     def unpack(cls, effect_id: str, blob: bytes) -> OutRecord:

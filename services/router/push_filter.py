@@ -49,9 +49,11 @@ async def without_dead_tokens(
     profiles: dict[str, CustomerProfile | None],
 ) -> tuple[list[Item], dict[str, CustomerProfile | None]]:
     """The requests and profiles with the tokens found dead left out."""
+    pushing = {t for t, plan in plans.plans.items() if any(s.channel == "push" for s in plan.steps)}
     wanted = {
         (req.customer_id, token)
         for _, _, req in requests
+        if req.type in pushing  # (the others have no push step: no tokens to check)
         for token in _tokens(plans, req, profiles.get(req.customer_id))
     }
     if not wanted:
