@@ -231,10 +231,12 @@ class Watchdog:
         another consumer): nothing of it waits for this loop any more."""
         self.in_hand = 0
 
-    def nothing_fetched(self) -> None:
+    def nothing_fetched(self, waiting: int | None = None) -> None:
         """An empty fetch: progress, unless a failed batch still waits to be fetched again (a
-        fetch right after a rewind can come back empty)."""
-        if not self.in_hand:
+        fetch right after a rewind can come back empty) or records wait on the assigned
+        partitions (`waiting`, the lag measured after the fetch): a broker that answers every
+        fetch empty while records wait is a stall, not idleness."""
+        if not self.in_hand and not waiting:
             self.last_done = self.clock()
 
     def failed(self, exc: BaseException) -> float:

@@ -83,6 +83,53 @@ class GroupListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.watch.assigned()
 
 
+class FetchWait:
+    """Adapts a consumer's `fetch.max.wait.ms` to a broker that answers fetches empty while
+    records wait.
+
+    A broker may hold an empty fetch for up to the wait (Tansu 0.6 does, hence tongda's short
+    default, `kafka_fetch_max_wait_ms`), and Tansu also answers *empty* when reading the
+    records takes longer than the wait, as it does once its in-memory log is large: with
+    10 ms, a backlog of 50,000 records was never read again (docs/reliability.md, "Fetches
+    answered empty"). After every fetch the loop calls `after_fetch(records, waiting)`: an
+    empty answer while `waiting` > 0 doubles the wait (up to `max_ms`); fetched records bring
+    it back towards the configured value. On a broker that returns what it has at once
+    (Apache Kafka) this never triggers. aiokafka reads the wait from its fetcher for every
+    request; that attribute is private, so a client without it is left as it is.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, base_ms: int, max_ms: int = 2_000) -> None:
+        self.consumer = consumer
+        self.base_ms = base_ms
+        self.max_ms = max(base_ms, max_ms)
+        self.current_ms = base_ms
+        self.raised = 0  # how many times it was raised (for tests and logs)
+        self.peak_ms = base_ms
+
+    def _set(self, wait_ms: int) -> None:
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            fetcher._fetch_max_wait_ms = wait_ms
+        self.current_ms = wait_ms
+
+    def after_fetch(self, records: int, waiting: int | None) -> None:
+        if records == 0 and waiting and self.current_ms < self.max_ms:
+            wait_ms = min(self.max_ms, self.current_ms * 2)
+            self.raised += 1
+            if wait_ms > self.peak_ms:  # each new height once, not every oscillation
+                self.peak_ms = wait_ms
+                log.warning(
+                    "the broker answered a fetch with no records while %d wait; fetch wait "
+                    "raised from %d to %d ms",
+                    waiting,
+                    self.current_ms,
+                    wait_ms,
+                )
+            self._set(wait_ms)
+        elif records and self.current_ms > self.base_ms:
+            self._set(max(self.base_ms, self.current_ms // 2))
+
+
 def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         **kafka_client_options(settings),

@@ -25,6 +25,7 @@ from shared.channel.app import create_app
 from shared.config import ChannelSettings
 from shared.contract.codec import dumps
 from shared.health import LagMeter, RateLimitedLog, Watchdog
+from shared.kafka import FetchWait
 from shared.redis import RedisMeter
 from tools.devstack import RedisServer
 
@@ -110,6 +111,56 @@ async def test_watchdog_backs_off_and_reports_a_stall_only_while_records_wait() 
 async def _readyz(url: str) -> tuple[int, dict[str, object]]:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
         return resp.status, await resp.json()
+
+
+async def test_empty_fetches_while_records_wait_are_a_stall_not_idleness() -> None:
+    """A broker answering every fetch empty while the lag says records wait (seen on Tansu
+    with a 50,000-record backlog) must not keep the loop 'progressing'."""
+    clock = FakeClock()
+    waiting: list[int | None] = [500]
+
+    async def lag() -> int | None:
+        return waiting[0]
+
+    dog = Watchdog("tongda-test-starved", 30.0, lag, clock=clock)
+    for _ in range(40):  # one empty fetch a second for 40 s, 500 records waiting throughout
+        dog.nothing_fetched(waiting[0])
+        clock.now += 1
+    reason = await dog.stalled()
+    assert reason is not None and "500 records waiting" in reason
+    waiting[0] = 0
+    dog.nothing_fetched(0)  # idle and nothing waits: progress
+    assert await dog.stalled() is None
+
+
+def test_fetch_wait_grows_while_the_broker_answers_empty_and_shrinks_when_records_flow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Fetcher:
+        _fetch_max_wait_ms = 10
+
+    class Consumer:
+        _fetcher = Fetcher()
+
+    consumer = Consumer()
+    wait = FetchWait(consumer, base_ms=10, max_ms=500)  # type: ignore[arg-type]
+    wait.after_fetch(0, 0)  # idle, nothing waiting: unchanged
+    wait.after_fetch(0, None)  # lag unknown: unchanged
+    assert consumer._fetcher._fetch_max_wait_ms == 10
+    with caplog.at_level(logging.WARNING, logger="shared.kafka"):
+        for _ in range(10):
+            wait.after_fetch(0, 1200)
+    assert [consumer._fetcher._fetch_max_wait_ms, wait.raised] == [500, 6]  # 20 … 320, 500
+    assert len(caplog.records) == 6 and "1200 wait" in caplog.records[0].getMessage()
+    wait.after_fetch(300, 900)  # records again: back towards the configured wait
+    assert consumer._fetcher._fetch_max_wait_ms == 250
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="shared.kafka"):
+        wait.after_fetch(0, 900)  # up again, to a height already reported: not logged again
+    assert consumer._fetcher._fetch_max_wait_ms == 500 and not caplog.records
+    for _ in range(8):
+        wait.after_fetch(100, 0)
+    assert consumer._fetcher._fetch_max_wait_ms == 10
 
 
 async def test_channel_readiness_flips_when_the_loop_stalls_and_recovers(

@@ -46,7 +46,7 @@ from shared.contract.models import AttemptOutcome, CustomerProfile
 from shared.errors import InvalidEvent
 from shared.gctune import gc_paused
 from shared.health import LagMeter, Watchdog
-from shared.kafka import Batch, Record, send_deadletter
+from shared.kafka import Batch, FetchWait, Record, send_deadletter
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
 from shared.resp import pack as pack_command
 from shared.signing import Signer
@@ -105,6 +105,7 @@ class RouterEngine:
     async def run(self, consumer: AIOKafkaConsumer, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished and committed."""
         lag = LagMeter(self.service, consumer)  # tongda_consumer_lag_records, after every fetch
+        fetch_wait = FetchWait(consumer, self.settings.kafka_fetch_max_wait_ms)
         self.watchdog.lag = lag.update
         # A batch's records are acknowledged and its offsets committed while the next batch
         # is fetched and processed (two broker round trips fewer on each batch's path, which
@@ -114,9 +115,10 @@ class RouterEngine:
         try:
             while not stopping.is_set():
                 batch: Batch = await consumer.getmany(timeout_ms=200)
-                await lag.update()
+                waiting = await lag.update()
+                fetch_wait.after_fetch(sum(len(msgs) for msgs in batch.values()), waiting)
                 if not batch:
-                    self.watchdog.nothing_fetched()
+                    self.watchdog.nothing_fetched(waiting)
                     if self.outbox.failed():  # raised and retried (with recovery) as before
                         async with self.batch_lock:
                             await self.process_until_done({}, consumer.assignment())

@@ -28,7 +28,7 @@ from shared.contract.codec import decode
 from shared.contract.models import Dispatch
 from shared.errors import InvalidEvent
 from shared.health import LagMeter, RateLimitedLog, Watchdog
-from shared.kafka import Batch, Record, send_deadletter
+from shared.kafka import Batch, FetchWait, Record, send_deadletter
 from shared.metrics import (
     BATCH_SECONDS,
     BATCH_SIZE,
@@ -85,6 +85,7 @@ class ChannelWorker:
         self.topic = settings.topics.dispatch(settings.channel)
         self.lag = LagMeter(self.service, consumer)  # tongda_consumer_lag_records
         self.watchdog = Watchdog(self.service, settings.stall_after_s, self.lag.update, logger=log)
+        self.fetch_wait = FetchWait(consumer, settings.kafka_fetch_max_wait_ms)
         self._send_slots = asyncio.Semaphore(settings.max_in_flight)
         self._stopping = asyncio.Event()
         self._uncommitted: dict[TopicPartition, int] = {}
@@ -113,12 +114,13 @@ class ChannelWorker:
             batch: Batch = {}
             try:
                 batch = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
-                await self.lag.update()  # after every fetch: the gauge moves while idle too
+                waiting = await self.lag.update()  # after every fetch: the gauge moves too
+                self.fetch_wait.after_fetch(sum(len(rs) for rs in batch.values()), waiting)
                 self._expire_receipts()
                 if self._stopping.is_set():
                     continue  # a batch fetched after the stop stays uncommitted: refetched
                 if not batch:
-                    self.watchdog.nothing_fetched()
+                    self.watchdog.nothing_fetched(waiting)
                     continue
                 self.watchdog.batch_started(sum(len(rs) for rs in batch.values()))
                 try:
