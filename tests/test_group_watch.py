@@ -232,6 +232,7 @@ async def _wedge(broker: str, group: str, topic: str) -> None:
     configure_group_leave(CommonSettings())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_the_router_routes_and_says_why_when_faust_group_never_assigns(
     stack_factory: StackFactory, leave_setting: None
