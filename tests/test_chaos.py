@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.channel.claims import ORPHAN_DETAIL
 from tools.chaos import KINDS, MIX, Result, Seen, check, run_campaign, summary
 from tools.devstack import SERVICES
 
@@ -61,16 +62,27 @@ def test_the_checker_sees_each_broken_invariant() -> None:
     """The verdict is computed, not assumed: each kind of breakage lands in its own list."""
     s = MIX[0]  # expects `delivered`
     ok = {"status": s.expected_status, "attempts": [{"channel": "sms", "outcome": "delivered"}]}
+    orphan = {"channel": "voice", "outcome": "failed", "detail": ORPHAN_DETAIL}
     seen = Seen()
     seen.statuses = {
         "n-ok": [(1.0, ok)],
         "n-dup": [(1.0, ok), (2.0, ok)],
         "n-wrong": [(1.0, {**ok, "status": "failed"})],
         "n-unaudited": [(1.0, ok)],
+        # failed because a kill left the voice attempt's outcome unknown: explained, apart
+        "n-orphan": [(1.0, {"status": "failed", "attempts": [orphan]})],
+        # failed with that detail on a *delivered* attempt only: still unexpected
+        "n-wrong-2": [(1.0, {"status": "failed", "attempts": [{**orphan, "outcome": "x"}]})],
     }
     audited = {"r1": ("sms", "delivered")}
-    seen.audit = {"n-ok": audited, "n-dup": audited, "n-wrong": audited}
-    ids = ["n-ok", "n-dup", "n-wrong", "n-unaudited", "n-lost"]
+    seen.audit = {
+        "n-ok": audited,
+        "n-dup": audited,
+        "n-wrong": audited,
+        "n-orphan": {"r2": ("voice", "failed")},
+        "n-wrong-2": {"r3": ("voice", "x")},
+    }
+    ids = ["n-ok", "n-dup", "n-wrong", "n-unaudited", "n-lost", "n-orphan", "n-wrong-2"]
     result = Result(
         run_id="x",
         published={nid: (0.0, s) for nid in ids},
@@ -84,7 +96,8 @@ def test_the_checker_sees_each_broken_invariant() -> None:
     check(result)
     assert result.lost == ["n-lost"]
     assert result.duplicated == ["n-dup"]
-    assert result.unexpected == ["n-wrong"]
+    assert result.unexpected == ["n-wrong", "n-wrong-2"]
+    assert result.changed_by_fault == ["n-orphan"]
     assert result.unaudited == ["n-unaudited"]
     assert result.sent_twice == ["sms:n-dup:0:1"]
     assert not result.ok
