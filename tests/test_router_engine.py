@@ -239,6 +239,44 @@ async def test_outbox_recovery_sends_exactly_what_is_missing(
         assert await h.redis.hlen(h.store.keys.outbox(tp.topic, tp.partition, "c1")) == 0
 
 
+async def test_a_record_appended_whose_ack_was_lost_is_not_sent_again(
+    broker: str, redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A produce request that times out may have been appended (a paused broker processes
+    it when it resumes: the first 100,000-notification fault campaign had 119 notifications
+    with two final statuses so): before sending again, the outbox looks for the records on
+    the broker and sends only what it lacks."""
+    from aiokafka.errors import RequestTimedOutError
+    from aiokafka.structs import TopicPartition
+
+    async with engine_harness(broker, redis_server, run=False) as h:
+        t = h.settings.topics
+        tp = TopicPartition(t.requested, 1)
+        await h.outbox.recover([tp])  # the output partitions' ends: where records land after
+        appended = OutRecord("n8/1/0", t.status, b"c8", b'{"status":"delivered"}')
+        lost = OutRecord("n9/1/0", t.status, b"c9", b'{"status":"failed"}')
+        real = h.outbox._produce_batched
+        calls: list[list[str]] = []
+
+        async def ack_lost_once(records: list[OutRecord]) -> list[object]:
+            calls.append([r.effect_id for r in records])
+            if len(calls) > 1:
+                return await real(records)  # type: ignore[return-value]
+            # the first request: one record reaches the broker but its answer is lost,
+            # the other never arrives
+            await real([appended])
+            return [RequestTimedOutError() for _ in records]
+
+        monkeypatch.setattr(h.outbox, "_produce_batched", ack_lost_once)
+        await h.outbox.send([(tp, appended), (tp, lost)])
+        assert calls == [["n8/1/0", "n9/1/0"], ["n9/1/0"]]  # only the missing one again
+        async with Reader(broker, t.status) as r:
+            await r.take(t.status, 2)
+            await r.settle()
+            effects = sorted(header(m, EFFECT_HEADER) or "" for m in r.seen)
+        assert effects == ["n8/1/0", "n9/1/0"]  # each exactly once
+
+
 async def test_address_lists_are_bounded_with_a_dead_letter_naming_the_field(
     broker: str, redis_server: str
 ) -> None:

@@ -87,6 +87,9 @@ class Outbox:
         self._signed = internal_topics(settings.topics)
         self._sending: asyncio.Task[None] | None = None  # the last records being sent
         self._clearing: asyncio.Task[None] | None = None  # the last batch's clean-up
+        # per output partition: the offset after the last record acknowledged here (where a
+        # record not acknowledged yet can have landed at the earliest)
+        self._acked_end: dict[TopicPartition, int] = {}
 
     async def send(self, records: Sequence[tuple[TopicPartition, OutRecord]]) -> None:
         """Produce records and wait until the broker acknowledged them all (`start_send`)."""
@@ -141,6 +144,7 @@ class Outbox:
         await self.settled()
         delay_s = 0.2
         acked: list[tuple[tuple[TopicPartition, OutRecord], Written]] = []
+        found: list[tuple[TopicPartition, OutRecord]] = []  # not acknowledged, yet on the broker
         while pending:
             results = await self._produce_batched([r for _, r in pending])
             acked += [
@@ -151,6 +155,7 @@ class Outbox:
             failed = [
                 (p, e) for p, e in zip(pending, results, strict=True) if not isinstance(e, Written)
             ]
+            pending = [p for p, _ in failed]
             if failed:
                 log.warning(
                     "%d records not acknowledged (%s); retrying in %.1f s",
@@ -160,12 +165,21 @@ class Outbox:
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
-            pending = [p for p, _ in failed]
-        if acked:
+                # Not acknowledged is not "not written": a request that timed out (a paused
+                # or slow broker) may have been appended. Only what the broker lacks is sent
+                # again; what it has is cleared like an acknowledged record.
+                landed = await self._on_broker([r for _, r in pending])
+                if landed:
+                    log.warning(
+                        "%d of them are on the broker already; not sent again", len(landed)
+                    )
+                    found += [p for p in pending if p[1].effect_id in landed]
+                    pending = [p for p in pending if p[1].effect_id not in landed]
+        if acked or found:
             # Clearing the acknowledged records from the outbox waits for nobody: it runs
             # while the next batch is processed (its records are on the broker; were the
             # router to stop first, recovery would find them there and not send them again).
-            clear = self._clear([p for p, _ in acked], [w for _, w in acked])
+            clear = self._clear([p for p, _ in acked] + found, [w for _, w in acked])
             self._clearing = asyncio.create_task(clear)
 
     async def settled(self, raise_errors: bool = True) -> None:
@@ -228,6 +242,9 @@ class Outbox:
             tp_out = (w.topic, w.partition)
             ends[tp_out] = max(ends.get(tp_out, -1), w.offset + 1)
         top = {f"{topic}:{partition}": end for (topic, partition), end in ends.items()}
+        for (topic, partition), end in ends.items():
+            out = TopicPartition(topic, partition)
+            self._acked_end[out] = max(self._acked_end.get(out, 0), end)
         by_box: dict[str, list[str]] = {}
         inputs: set[TopicPartition] = set()
         for tp, r in records:
@@ -250,13 +267,9 @@ class Outbox:
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
         return tps
 
-    async def recover(self, inputs: Iterable[TopicPartition]) -> int:
-        """Before consuming `inputs`: resend what their outbox holds and the broker lacks."""
-        await self.flush()  # what this process still had in flight goes first
-        inputs = list(inputs)
-        if not inputs:
-            return 0
-        reader = AIOKafkaConsumer(
+    def _reader(self) -> AIOKafkaConsumer:
+        """A group-less consumer that reads output partitions for `tongda-effect` headers."""
+        return AIOKafkaConsumer(
             **kafka_client_options(self.settings),
             client_id=f"{self.settings.kafka_client_id}-outbox-recovery",
             enable_auto_commit=False,
@@ -265,10 +278,35 @@ class Outbox:
             max_partition_fetch_bytes=self.settings.kafka_max_request_bytes,
             request_timeout_ms=self.settings.kafka_request_timeout_ms,
         )
+
+    async def _on_broker(self, records: Sequence[OutRecord]) -> set[str]:
+        """The effect ids of `records` that are on the broker: each record's output partition
+        is read from the end of what was acknowledged here (its start when nothing was) to its
+        end now. Raises if the broker does not answer (the batch is then retried with
+        recovery, which checks the same)."""
+        outs = {TopicPartition(r.topic, await self._partition(r.topic, r.key)) for r in records}
+        reader = self._reader()
+        await reader.start()
+        try:
+            ends: dict[TopicPartition, int] = await reader.end_offsets(list(outs))
+            starts = {tp: self._acked_end.get(tp, 0) for tp in outs}
+            return await self._scan(reader, starts, ends, {r.effect_id for r in records})
+        finally:
+            await reader.stop()
+
+    async def recover(self, inputs: Iterable[TopicPartition]) -> int:
+        """Before consuming `inputs`: resend what their outbox holds and the broker lacks."""
+        await self.flush()  # what this process still had in flight goes first
+        inputs = list(inputs)
+        if not inputs:
+            return 0
+        reader = self._reader()
         await reader.start()
         try:
             out_tps = await self._output_partitions(reader)
             ends: dict[TopicPartition, int] = await reader.end_offsets(out_tps)
+            for out, end in ends.items():  # what this process sends from now on lands after
+                self._acked_end[out] = max(self._acked_end.get(out, 0), end)
             resent = 0
             for tp in inputs:
                 resent += await self._recover_one(reader, tp, out_tps, ends)
