@@ -176,6 +176,7 @@ async def test_a_member_that_stops_without_leave_group_hands_over_after_its_sess
         await b.stop()
 
 
+@pytest.mark.slow
 async def test_a_group_that_never_assigns_is_reported_stuck(
     broker: str, leave_setting: None
 ) -> None:

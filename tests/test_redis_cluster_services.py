@@ -36,6 +36,10 @@ from tests.test_router_api import (  # noqa: F401
     test_unknown_notification_is_404,
 )
 
+# The single-Redis versions run in `make test`; these on the cluster in the slow suite
+# (`make test-all`, .ci/run), to keep `make test` near 10 minutes.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def redis_server(redis_cluster: str) -> str:
