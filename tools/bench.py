@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -29,7 +30,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,19 @@ DISPATCH_CHANNEL = "voice"  # the overdue_notice plan's first step
 
 def customer(i: int, run: int = 0) -> str:
     return f"cust-{run}-{i}"
+
+
+@contextlib.asynccontextmanager
+async def backends(run_dir: Path) -> AsyncIterator[tuple[Broker, RedisServer]]:
+    """A fresh broker and Redis for one bench (logs under `run_dir`), stopped afterwards."""
+    broker, redis = Broker(run_dir / "broker.log"), RedisServer(run_dir / "redis.log")
+    broker.start()
+    redis.start()
+    try:
+        yield broker, redis
+    finally:
+        await redis.stop()
+        await broker.stop()
 
 
 def notification(i: int, sent_at: float | None = None, run: int = 0) -> bytes:

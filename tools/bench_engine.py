@@ -30,8 +30,8 @@ from shared.clock import Clock
 from shared.config import RouterSettings
 from shared.gctune import gc_paused, tune_gc
 from shared.kafka import Batch, make_producer
-from tools.bench import BENCH_CLOCK, cpu_s, notification
-from tools.devstack import REPO_ROOT, Broker, RedisServer
+from tools.bench import BENCH_CLOCK, backends, cpu_s, notification
+from tools.devstack import REPO_ROOT
 
 
 def batches(topic: str, partitions: int, n: int, size: int, run: int) -> list[Batch]:
@@ -54,11 +54,7 @@ def batches(topic: str, partitions: int, n: int, size: int, run: int) -> list[Ba
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    run_dir = REPO_ROOT / ".run" / "bench-engine"
-    broker, redis_server = Broker(run_dir / "broker.log"), RedisServer(run_dir / "redis.log")
-    broker.start()
-    redis_server.start()
-    try:
+    async with backends(REPO_ROOT / ".run" / "bench-engine") as (broker, redis_server):
         s = RouterSettings(
             kafka_bootstrap=broker.bootstrap,
             redis_url=redis_server.url,
@@ -118,9 +114,6 @@ async def main_async(args: argparse.Namespace) -> None:
                     )
         await producer.stop()
         await redis.aclose()
-    finally:
-        await broker.stop()
-        await redis_server.stop()
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ from services.router.plans import load_plans
 from services.router.policy import load_policy
 from shared.config import RouterSettings
 from shared.kafka import make_producer
-from tools.bench import BENCH_CLOCK, notification
-from tools.devstack import REPO_ROOT, Broker, RedisServer
+from tools.bench import BENCH_CLOCK, backends, notification
+from tools.devstack import REPO_ROOT
 
 BATCH = 500
 
@@ -57,11 +57,7 @@ def batches(n: int, run: int, topic: str) -> list[dict[TopicPartition, list[Cons
 
 
 async def measure(n: int, rounds: int) -> dict[str, list[float]]:
-    run_dir = REPO_ROOT / ".run" / "bench-fsync"
-    broker, redis_server = Broker(run_dir / "broker.log"), RedisServer(run_dir / "redis.log")
-    broker.start()
-    redis_server.start()
-    try:
+    async with backends(REPO_ROOT / ".run" / "bench-fsync") as (broker, redis_server):
         s = RouterSettings(
             kafka_bootstrap=broker.bootstrap,
             redis_url=redis_server.url,
@@ -96,9 +92,6 @@ async def measure(n: int, rounds: int) -> dict[str, list[float]]:
         finally:
             await producer.stop()
             await redis.aclose()
-    finally:
-        redis_server.stop_sync()
-        broker.stop_sync()
 
 
 def main() -> None:
