@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
+from shared.config import RouterSettings
+from shared.redis import make_redis
 from tests.signing_keys import SIGNING_ENV
 from tools.devstack import Broker, RedisClusterServers, RedisServer, Stack
 
@@ -108,6 +110,17 @@ def redis_cluster_process(devstack_dir: Path) -> Iterator[RedisClusterServers]:
 def redis_cluster(redis_cluster_process: RedisClusterServers) -> str:
     """URL of the session's own Redis Cluster (redis+cluster://127.0.0.1:<p1>,...)."""
     return redis_cluster_process.url
+
+
+@pytest.fixture
+async def cluster(redis_cluster: str) -> AsyncIterator[RedisCluster]:
+    """A client on the session's Redis Cluster, made as the services make theirs."""
+    client = make_redis(RouterSettings(api_token="t", redis_url=redis_cluster))
+    assert isinstance(client, RedisCluster)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

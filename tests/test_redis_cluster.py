@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,14 +59,6 @@ def redis_server(redis_cluster: str) -> str:
     return redis_cluster
 
 
-@pytest.fixture
-async def cluster(redis_cluster: str) -> AsyncIterator[RedisCluster]:
-    client = make_redis(RouterSettings(api_token="t", redis_url=redis_cluster))
-    assert isinstance(client, RedisCluster)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def test_the_cluster_url_form_and_setting() -> None:

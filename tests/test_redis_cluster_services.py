@@ -5,13 +5,9 @@ and `redis` are the local cluster's (tests/conftest.py `redis_cluster`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from redis.asyncio import RedisCluster
 
-from shared.config import RouterSettings
-from shared.redis import make_redis
 from tests.channel_support import make_settings  # noqa: F401
 from tests.test_channel_receipts import (  # noqa: F401
     test_a_failed_clean_up_after_publishing_is_no_unreported_receipt,
@@ -48,12 +44,7 @@ def redis_server(redis_cluster: str) -> str:
 
 
 @pytest.fixture
-async def redis(redis_cluster: str) -> AsyncIterator[RedisCluster]:
-    """A client on the cluster, emptied (FLUSHALL on every primary) before the test."""
-    client = make_redis(RouterSettings(api_token="t", redis_url=redis_cluster))
-    assert isinstance(client, RedisCluster)
-    try:
-        await client.flushall()
-        yield client
-    finally:
-        await client.aclose()
+async def redis(cluster: RedisCluster) -> RedisCluster:
+    """The cluster client (tests/conftest.py), emptied (FLUSHALL on every primary) first."""
+    await cluster.flushall()
+    return cluster
