@@ -167,6 +167,13 @@ PROVIDER_SESSIONS = Gauge(
     ["channel", "provider"],
 )
 # --- operations (deploy/prometheus rules, deploy/grafana dashboards) -------------------------
+OFFSET_GAPS = Counter(
+    "tongda_consumer_offset_gaps_total",
+    "Offsets a fetch skipped on a topic where every offset holds a record, by service, topic "
+    "and what was done: refetched (held back and read again) or skipped (still missing after "
+    "kafka_offset_gap_wait_s; should never happen on Apache Kafka).",
+    ["service", "topic", "outcome"],
+)
 CONSUMER_LAG = Gauge(
     "tongda_consumer_lag_records",
     "Records not yet fetched on this process's assigned partitions of a topic (high-water mark "

@@ -52,6 +52,7 @@ import orjson
 
 from shared.channel.claims import ORPHAN_DETAIL
 from shared.config import Topics
+from shared.kafka import GapGuard
 from tools.devstack import DEFAULT_RUN_DIR, SERVICES, DevstackError, Service, Stack
 from tools.devstack.guard import run_guarded
 from tools.scenarios import SCENARIOS, Hop, Scenario, build_profile, new_run_id, phone
@@ -256,10 +257,12 @@ class Campaign:
             request_timeout_ms=120_000,
         )
         await consumer.start()
+        # statuses and audit records fill every offset: one the broker skipped is read again
+        gaps = GapGuard(consumer, [t.status, t.audit], "tongda-chaos", 30.0)
         prefix = f"chaos-{self.run_id}-"
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                batch = await gaps.check(await consumer.getmany(timeout_ms=500, max_records=5000))
                 now = time.monotonic()
                 for records in batch.values():
                     for rec in records:

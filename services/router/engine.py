@@ -46,7 +46,7 @@ from shared.contract.models import AttemptOutcome, CustomerProfile
 from shared.errors import InvalidEvent
 from shared.gctune import gc_paused
 from shared.health import LagMeter, Watchdog
-from shared.kafka import Batch, FetchWait, Record, send_deadletter
+from shared.kafka import Batch, FetchWait, GapGuard, Record, send_deadletter
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_CONSUMED, STALE_EVENTS
 from shared.resp import pack as pack_command
 from shared.signing import Signer
@@ -96,16 +96,28 @@ class RouterEngine:
         # Held while a batch is processed (state, records, outbox cleared). Rebalance callbacks
         # take it too, so a partition never moves, and is never recovered, mid-batch.
         self.batch_lock = asyncio.Lock()
+        self.gaps: GapGuard | None = None  # set by run(): offsets a fetch skipped are read again
 
     # --- the loop -------------------------------------------------------------------------
 
     def input_topics(self) -> list[str]:
         return [self.topics.profiles, self.topics.requested, self.topics.router_inbox]
 
+    def gapless_topics(self) -> list[str]:
+        """The inputs where every offset holds a record (shared.kafka.GapGuard): the inbox,
+        and the requests when `kafka_offset_gap_check_requests` says their producers write
+        no transaction markers. Profiles are compacted: their gaps are normal."""
+        if self.settings.kafka_offset_gap_check_requests:
+            return [self.topics.router_inbox, self.topics.requested]
+        return [self.topics.router_inbox]
+
     async def run(self, consumer: AIOKafkaConsumer, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set; the batch in hand is finished and committed."""
         lag = LagMeter(self.service, consumer)  # tongda_consumer_lag_records, after every fetch
         fetch_wait = FetchWait(consumer, self.settings.kafka_fetch_max_wait_ms)
+        gaps = self.gaps = GapGuard(
+            consumer, self.gapless_topics(), self.service, self.settings.kafka_offset_gap_wait_s
+        )
         self.watchdog.lag = lag.update
         # A batch's records are acknowledged and its offsets committed while the next batch
         # is fetched and processed (two broker round trips fewer on each batch's path, which
@@ -117,6 +129,7 @@ class RouterEngine:
                 batch: Batch = await consumer.getmany(timeout_ms=200)
                 waiting = await lag.update()
                 fetch_wait.after_fetch(sum(len(msgs) for msgs in batch.values()), waiting)
+                batch = await gaps.check(batch)
                 if not batch:
                     self.watchdog.nothing_fetched(waiting)
                     if self.outbox.failed():  # raised and retried (with recovery) as before
@@ -459,6 +472,8 @@ class RecoveringListener(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.engine.outbox.flush()  # its records on the broker before the next owner
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if self.engine.gaps is not None:
+            self.engine.gaps.forget(assigned)  # they start at their committed offsets
         async with self.engine.batch_lock:
             resent = await self.engine.outbox.recover(assigned)
         if resent:

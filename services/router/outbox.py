@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from services.router.store import Keys
 from shared.config import CommonSettings
-from shared.kafka import key_partition
+from shared.kafka import GapGuard, key_partition
 from shared.redis import RedisMeter
 from shared.resp import execute, pack
 from shared.security import kafka_client_options
@@ -377,10 +377,14 @@ class Outbox:
         if not todo:
             return found
         reader.assign(list(todo))
+        # every offset of an output topic holds a record: one a fetch skipped is read again
+        wait_s = self.settings.kafka_offset_gap_wait_s
+        gaps = GapGuard(reader, {tp.topic for tp in todo}, "tongda-router", wait_s)
         for tp, start in todo.items():
             reader.seek(tp, start)
+            gaps.expect(tp, start)
         while todo and len(found) < len(wanted):
-            batch = await reader.getmany(*todo, timeout_ms=1000)
+            batch = await gaps.check(await reader.getmany(*todo, timeout_ms=1000))
             for msgs in batch.values():
                 for m in msgs:
                     for key, value in m.headers or ():

@@ -20,7 +20,7 @@ from shared.channel.worker import ChannelWorker
 from shared.config import ChannelSettings
 from shared.errors import ConfigError
 from shared.health import GroupWatch
-from shared.kafka import GroupListener, make_consumer, make_producer
+from shared.kafka import GapGuard, GroupListener, make_consumer, make_producer
 from shared.redis import make_redis
 from shared.topics import missing_topics
 
@@ -78,7 +78,9 @@ class ChannelService:
         )
         self._provider_started = True
         self.consumer = make_consumer(s, s.group, [], self.client_id)
-        self.consumer.subscribe([topics[0]], listener=GroupListener(self.group_watch))
+        # every offset of a dispatch topic holds a record: one a fetch skipped is read again
+        gaps = GapGuard(self.consumer, [topics[0]], self.client_id, s.kafka_offset_gap_wait_s)
+        self.consumer.subscribe([topics[0]], listener=GroupListener(self.group_watch, gaps=gaps))
         self.group_watch.joining()
         await self.consumer.start()
         self.worker = ChannelWorker(
@@ -90,6 +92,7 @@ class ChannelService:
             self.receipts,
             publisher,
             Claims(s, self.redis, self.liveness),
+            gaps,
         )
         self.loop_task = asyncio.create_task(self.worker.run(), name=f"{self.client_id}-loop")
         self.loop_task.add_done_callback(_log_loop_end)

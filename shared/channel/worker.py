@@ -28,7 +28,7 @@ from shared.contract.codec import decode
 from shared.contract.models import Dispatch
 from shared.errors import InvalidEvent
 from shared.health import LagMeter, RateLimitedLog, Watchdog
-from shared.kafka import Batch, FetchWait, Record, send_deadletter
+from shared.kafka import Batch, FetchWait, GapGuard, Record, send_deadletter
 from shared.metrics import (
     BATCH_SECONDS,
     BATCH_SIZE,
@@ -70,6 +70,7 @@ class ChannelWorker:
         receipts: ReceiptBook,
         publisher: OutcomePublisher,
         claims: Claims | None = None,
+        gaps: GapGuard | None = None,
     ) -> None:
         self.settings = settings
         self.claims = claims or Claims(settings, redis, Liveness(settings, redis))
@@ -83,6 +84,10 @@ class ChannelWorker:
         self.channel = settings.channel
         self.service = f"tongda-{settings.channel}"
         self.topic = settings.topics.dispatch(settings.channel)
+        # every offset of the dispatch topic holds a record: one a fetch skipped is read again
+        self.gaps = gaps or GapGuard(
+            consumer, [self.topic], self.service, settings.kafka_offset_gap_wait_s
+        )
         self.lag = LagMeter(self.service, consumer)  # tongda_consumer_lag_records
         self.watchdog = Watchdog(self.service, settings.stall_after_s, self.lag.update, logger=log)
         self.fetch_wait = FetchWait(consumer, settings.kafka_fetch_max_wait_ms)
@@ -116,6 +121,7 @@ class ChannelWorker:
                 batch = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
                 waiting = await self.lag.update()  # after every fetch: the gauge moves too
                 self.fetch_wait.after_fetch(sum(len(rs) for rs in batch.values()), waiting)
+                batch = await self.gaps.check(batch)
                 self._expire_receipts()
                 if self._stopping.is_set():
                     continue  # a batch fetched after the stop stays uncommitted: refetched
@@ -289,6 +295,7 @@ class ChannelWorker:
         for tp, rs in batch.items():
             if tp in assigned:
                 self.consumer.seek(tp, rs[0].offset)
+                self.gaps.expect(tp, rs[0].offset)
 
     async def _backoff(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
