@@ -6,10 +6,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from channel_support import dispatch
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.email.providers import EmailSandbox
 from services.push.providers import PushSandbox
@@ -194,6 +196,59 @@ async def test_ledger_counts_every_send(started, redis: Redis, channel: Channel)
     await provider.send(d, MESSAGE)
     ledger = await redis.hgetall(f"{settings.key_prefix}sandbox:sends")
     assert ledger == {f"{channel}:{d.notification_id}:2:3".encode(): b"2"}
+
+
+class AnswerLost:
+    """A Redis client whose first pipeline is applied by Redis but answered with a dropped
+    connection, as when Redis is killed right after writing its AOF (the write survives)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.cut = 0
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        pipe = self.redis.pipeline(transaction=transaction)
+        execute = pipe.execute
+
+        async def applied_then_cut(*args: Any, **kwargs: Any) -> Any:
+            result = await execute(*args, **kwargs)
+            if not self.cut:
+                self.cut += 1
+                raise RedisConnectionError("Connection closed by server.")
+            return result
+
+        pipe.execute = applied_then_cut  # type: ignore[method-assign]
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.redis, name)
+
+
+async def test_a_ledger_write_retried_after_a_lost_answer_counts_the_send_once(
+    make_settings: Callable[..., ChannelSettings], redis: Redis
+) -> None:
+    """The 100,000 campaign saw two attempts 'sent twice' right after Redis kills: the ledger's
+    HINCRBY had been applied, its answer lost, and the retry counted the one send again."""
+    settings = make_settings("sms", sandbox_time_scale=SCALE)
+    collector = Collector()
+    provider = SmsSandbox()
+    flaky = AnswerLost(redis)
+    await provider.start(ProviderContext(settings, flaky, collector, collector.inbound))  # type: ignore[arg-type]
+    try:
+        d = dispatch("sms", phone("0003"), leg=1, attempt=2)  # rejected at once: no receipt
+        await provider.send(d, MESSAGE)
+        assert flaky.cut == 1
+        ledger = f"{settings.key_prefix}sandbox:sends"
+        field = f"sms:{d.notification_id}:1:2".encode()
+        deadline = time.monotonic() + 10.0
+        while await redis.hget(ledger, field) is None or provider._books._waiting:
+            assert time.monotonic() < deadline, "the retried write never landed"
+            await asyncio.sleep(0.05)
+        assert await redis.hgetall(ledger) == {field: b"1"}
+        await provider.send(d, MESSAGE)  # a second real send is still counted
+        assert await redis.hgetall(ledger) == {field: b"2"}
+    finally:
+        await provider.close()
 
 
 async def test_no_ledger_when_disabled(started, redis: Redis) -> None:

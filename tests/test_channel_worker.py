@@ -74,10 +74,14 @@ class FakeConsumer:
         self.committed.update(offsets)
         self.commits.set()
 
-    async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumerRecord]]:
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
         batch = {}
+        left = max_records if max_records is not None else 1 << 62
         for tp, records in self.log.items():
-            fresh = [r for r in records if r.offset >= self.position.get(tp, 0)]
+            fresh = [r for r in records if r.offset >= self.position.get(tp, 0)][:left]
+            left -= len(fresh)
             if fresh:
                 batch[tp] = fresh
                 self.position[tp] = fresh[-1].offset + 1
@@ -269,6 +273,43 @@ async def test_sends_are_concurrent_but_bounded(harness: Callable[..., Harness])
     await h.feed(*(dispatch("sms", PHONE) for _ in range(10)))
     assert h.provider.most_running == 3
     assert len(h.outcomes()) == 10
+
+
+async def test_a_batch_is_at_most_max_in_flight_so_a_kill_leaves_few_claims(
+    harness: Callable[..., Harness], redis: Redis
+) -> None:
+    """Every dispatch of a batch is claimed before its send; a kill then leaves each claimed
+    attempt of unknown outcome (reported failed by the next process). The 100,000 campaign
+    on a loaded machine saw batches of thousands claimed at once, and a SIGKILL orphaned
+    them all: a batch is now at most `max_in_flight` dispatches."""
+    release, three_sending = asyncio.Event(), asyncio.Event()
+    sending = 0
+
+    async def stuck(_: Dispatch) -> SendResult:
+        nonlocal sending
+        sending += 1
+        if sending == 3:
+            three_sending.set()
+        await release.wait()
+        return Completed("delivered")
+
+    h = harness(FakeProvider(stuck), max_in_flight=3)
+    h.consumer.log[h.tp] = [h.record(dispatch("sms", PHONE), offset=i) for i in range(10)]
+    loop = asyncio.create_task(h.worker.run())
+    try:
+        await asyncio.wait_for(three_sending.wait(), 5)
+        claims = [k async for k in redis.scan_iter(match=f"{h.settings.key_prefix}sent:*")]
+        assert len(claims) == 3  # not 10: the rest is still in Kafka, unclaimed
+        release.set()
+        while h.consumer.committed.get(h.tp) != 10:
+            h.consumer.commits.clear()
+            await asyncio.wait_for(h.consumer.commits.wait(), 5)
+    finally:
+        release.set()
+        h.worker.stop_fetching()
+        await asyncio.wait_for(loop, 5)
+    assert h.consumer.committed == {h.tp: 10}
+    assert len(h.outcomes()) == 10 and h.provider.most_running == 3
 
 
 async def test_bad_records_are_dead_lettered_and_the_rest_is_sent(

@@ -154,7 +154,9 @@ MEANINGS: dict[str, dict[str, str]] = {
         "consumer_group": 'Consumer group for the dispatch topic; `""` means '
         "`tongda-<channel>`. Set per service, never in a shared ConfigMap (the router "
         "reads the same variable).",
-        "max_in_flight": "Most provider `send()` calls running at once.",
+        "max_in_flight": "Most provider `send()` calls running at once, and most dispatches "
+        "one batch takes (each is claimed before its send, so a kill mid-batch leaves at most "
+        "this many attempts whose outcome is unknown).",
         "dedupe_ttl_s": "How long an attempt's claim (`sent:` key) and its receipt "
         "correlation live in Redis: the window in which a redelivered dispatch is "
         "recognised as sent (7 days).",

@@ -62,6 +62,16 @@ redis.call('ZADD', KEYS[1], due, ARGV[2])
 return 1
 """
 
+# Count one send in the ledger once, however often the write is retried: a write Redis
+# applied but whose answer was lost (a connection cut by a Redis kill) is written again by
+# `_Books`, and must not look like a second send. KEYS: ledger, ids; ARGV: field, send id.
+_COUNT_SEND = """
+if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+end
+return 1
+"""
+
 Op = Callable[[Any], object]  # adds one command to a pipeline
 
 
@@ -204,7 +214,8 @@ class SandboxProvider(Provider):
         if settings.sandbox_ledger:
             field = f"{self.channel}:{dispatch.notification_id}:{dispatch.leg}:{dispatch.attempt}"
             ledger = f"{settings.key_prefix}sandbox:sends"
-            ops.append(lambda pipe: pipe.hincrby(ledger, field, 1))
+            ids = f"{{{ledger}}}:ids"  # the ledger's hash slot, for Redis Cluster
+            ops.append(lambda pipe: pipe.eval(_COUNT_SEND, 2, ledger, ids, field, pmid))
         if script.delay_s is None:
             await self._books.write(*ops)
             return Completed(script.outcome, None, script.detail)

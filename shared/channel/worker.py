@@ -118,7 +118,11 @@ class ChannelWorker:
         while not self._stopping.is_set():
             batch: Batch = {}
             try:
-                batch = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
+                # at most max_in_flight: every dispatch of a batch is claimed before its send,
+                # so a kill mid-batch leaves at most that many attempts of unknown outcome
+                batch = await self.consumer.getmany(
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=self.settings.max_in_flight
+                )
                 waiting = await self.lag.update()  # after every fetch: the gauge moves too
                 self.fetch_wait.after_fetch(sum(len(rs) for rs in batch.values()), waiting)
                 batch = await self.gaps.check(batch)
