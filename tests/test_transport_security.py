@@ -3,9 +3,9 @@
 Against real servers started here: Debian's redis-server (built with TLS) serving TLS only,
 with an ACL user and the `default` user off; Tansu behind a TLS terminator whose port it
 advertises (tests/tls_support.py says why: the Tansu binary serves plaintext whatever its
-`--cert` says), requiring client certificates (mutual TLS). SASL/SCRAM cannot be exercised
-against a broker on this machine (Tansu's users cannot be created on its in-memory storage once
-authentication is on); for SASL the tests check what tongda hands to aiokafka and to faust.
+`--cert` says), requiring client certificates (mutual TLS). For SASL these tests check what
+tongda hands to aiokafka and to faust; the SASL exchange itself, on the wire with each
+mechanism, is tested in tests/test_kafka_sasl.py (a SASL peer in front of Tansu).
 """
 
 from __future__ import annotations

@@ -1,13 +1,20 @@
 """Certificates, a TLS-terminated Tansu broker and a TLS redis-server with an ACL user, for the
-transport-security tests (tests/test_transport_security.py).
+transport-security tests (tests/test_transport_security.py); the relay and the fronted Tansu
+that the SASL peer (tests/sasl_support.py, tests/test_kafka_sasl.py) builds on.
 
 Why a TLS terminator in front of Tansu: the Tansu 0.6.0 binary accepts `--cert`/`--key` but
-serves every connection in plaintext (its TLS acceptor is built and never used), and its SCRAM
-users cannot be created on its in-memory storage once `--authentication` is on (creating one
-needs an authenticated session). Kafka's metadata lets a terminator stand in honestly for a
-TLS listener: Tansu advertises the terminator's TLS port, so every connection a client makes
-(bootstrap, then each broker it learns from metadata) is TLS from the client to the
-terminator, verified against our CA, and plaintext only on loopback behind it.
+serves every connection in plaintext (its TLS acceptor is built and never used). Kafka's
+metadata lets a relay stand in honestly for a listener: Tansu advertises the relay's port, so
+every connection a client makes (bootstrap, then each broker it learns from metadata) goes
+through it — here TLS from the client to the terminator, verified against our CA, and
+plaintext only on loopback behind it.
+
+SASL: Tansu's own `--authentication` cannot be used (its SCRAM users cannot be created on its
+in-memory storage: creating one needs an authenticated session), so SASL is tested through a
+SASL peer on the same relay (tests/sasl_support.py): the broker's side of the handshake with
+`scramp`'s SCRAM server, then piped to Tansu. What that still does not test is a real broker's
+SASL listener (its SCRAM user store, ACLs on the principal, re-authentication): see
+docs/operations.md, "TLS, SASL and Redis ACL users".
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -131,22 +140,35 @@ def make_pki(directory: Path, name: str = "tongda test CA") -> Pki:
     return paths
 
 
-class TlsTerminator:
-    """Accepts TLS on `port` (client certificates required when `require_client_cert`) and
-    pipes each connection to `upstream_port` in plaintext; its own event loop in a thread."""
+def server_context(pki: Pki, *, require_client_cert: bool) -> ssl.SSLContext:
+    """A server context presenting our server certificate; client certificates checked against
+    our CA, and required when `require_client_cert`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    return context
 
-    def __init__(self, pki: Pki, upstream_port: int, *, require_client_cert: bool) -> None:
+
+class Relay:
+    """Accepts connections on `port` (TLS when given a context) and pipes each one to
+    `upstream_port` on loopback in plaintext; its own event loop in a thread. A subclass may
+    speak to the client first (`_serve`) before piping."""
+
+    def __init__(self, upstream_port: int, context: ssl.SSLContext | None) -> None:
         self.port = free_port()
         self.upstream_port = upstream_port
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
-        self.context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-        self.context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
-        self.handshakes = 0  # TLS connections that completed a handshake
+        self.context = context
+        self.connections = 0  # accepted (for TLS: once the handshake completed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Future[Any]] = set()
+        self._idle = threading.Event()  # set while no connection is being served
+        self._idle.set()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
                 writer.write(data)
@@ -157,14 +179,45 @@ class TlsTerminator:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.handshakes += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream_port)
-        except OSError:
-            writer.close()
-            return
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._idle.clear()
+        self._open.add(writer)
+        try:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream_port)
+            except OSError:
+                return
+            self._open.add(up_writer)
+            try:
+                await self._serve(reader, writer, up_reader, up_writer)
+            finally:
+                self._open.discard(up_writer)
+                with contextlib.suppress(Exception):
+                    up_writer.close()
+        finally:
+            self._open.discard(writer)
+            self._handlers.discard(task)
+            if not self._handlers:
+                self._idle.set()
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no connection is being served (each one accepted has ended)."""
+        return self._idle.wait(timeout)
 
     def start(self) -> None:
         self._thread.start()
@@ -180,6 +233,12 @@ class TlsTerminator:
                 server.close()
                 if hasattr(server, "close_clients"):
                     server.close_clients()
+                # the connections still open (Python 3.11 has no close_clients): aborted,
+                # so that their handlers end before the loop stops
+                for writer in list(self._open):
+                    writer.transport.abort()
+                if self._handlers:
+                    await asyncio.wait(self._handlers, timeout=5)
 
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -187,24 +246,38 @@ class TlsTerminator:
         self._loop.close()
 
 
-class TlsBroker:
-    """Tansu (plaintext, loopback) advertising the TLS port of a terminator in front of it."""
+class TlsTerminator(Relay):
+    """Accepts TLS on `port` (client certificates required when `require_client_cert`) and
+    pipes each connection to `upstream_port` in plaintext."""
 
-    def __init__(self, pki: Pki, log_path: Path, *, require_client_cert: bool = True) -> None:
-        self.tansu_port = free_port()
-        self.terminator = TlsTerminator(
-            pki, self.tansu_port, require_client_cert=require_client_cert
+    def __init__(self, pki: Pki, upstream_port: int, *, require_client_cert: bool) -> None:
+        super().__init__(
+            upstream_port, server_context(pki, require_client_cert=require_client_cert)
         )
+
+    @property
+    def handshakes(self) -> int:
+        """TLS connections that completed a handshake."""
+        return self.connections
+
+
+class FrontedTansu:
+    """Tansu (plaintext, loopback, in memory) advertising the port of the relay in front of
+    it, so that every connection a client makes goes through that relay."""
+
+    def __init__(self, front: Callable[[int], Relay], log_path: Path) -> None:
+        self.tansu_port = free_port()
+        self.front = front(self.tansu_port)
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"localhost:{self.terminator.port}"
+        return f"localhost:{self.front.port}"
 
     def start(self) -> None:
         inner = f"tcp://{HOST}:{self.tansu_port}"
-        advertised = f"tcp://localhost:{self.terminator.port}"
+        advertised = f"tcp://localhost:{self.front.port}"
         env = {
             k: v
             for k, v in os.environ.items()
@@ -232,11 +305,23 @@ class TlsBroker:
                 self.stop()
                 raise RuntimeError(f"tansu did not start: {self.log_path.read_text()[-2000:]}")
             time.sleep(0.02)
-        self.terminator.start()
+        self.front.start()
 
     def stop(self) -> None:
-        self.terminator.stop()
+        self.front.stop()
         terminate(self.proc)
+
+
+class TlsBroker(FrontedTansu):
+    """Tansu advertising the TLS port of a terminator in front of it."""
+
+    def __init__(self, pki: Pki, log_path: Path, *, require_client_cert: bool = True) -> None:
+        super().__init__(
+            lambda port: TlsTerminator(pki, port, require_client_cert=require_client_cert),
+            log_path,
+        )
+        assert isinstance(self.front, TlsTerminator)
+        self.terminator: TlsTerminator = self.front
 
 
 class TlsRedis:
