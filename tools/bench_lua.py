@@ -237,6 +237,7 @@ class Callgrind:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
+        shutil.rmtree(self.dir / "appendonlydir", ignore_errors=True)  # the dumps stay
 
 
 @dataclasses.dataclass
@@ -280,6 +281,58 @@ async def replay(
     return Replay(usec / n, cpu, per_t, instructions)
 
 
+async def compare(
+    args: argparse.Namespace,
+    s: RouterSettings,
+    redis: Redis,
+    per_batch: list[list[bytes]],
+    pid: int | None,
+    cg: Callgrind | None,
+) -> None:
+    """Replay with the base's and the work tree's apply.lua in turn; print the tables."""
+    Base, base_lua = base_store(args.base)
+    horizon = load_policy("cn").caps.horizon_s
+
+    def make(cls: type[Store]) -> Store:
+        return cls(
+            redis,
+            s.key_prefix,
+            s.retention_s,
+            s.timeline_max_records,
+            horizon,
+            groups=s.redis_key_groups,
+        )
+
+    stores = {"base": make(Base), "new": make(Store)}
+    stores["base"]._sources["apply"] = base_lua
+    results: dict[str, list[Replay]] = {k: [] for k in stores}
+    for _ in range(args.reps):
+        for name, st in stores.items():
+            results[name].append(await replay(redis, st, per_batch, pid, cg))
+    n = sum(len(msgspec.msgpack.decode(c)) for b in per_batch for c in b)
+    print(f"\n{n} transitions in {sum(map(len, per_batch))} calls, {args.reps} replays each")
+    print("| per transition (µs) | base: median [min–max] | new: median [min–max] |")
+    print("|---|---|---|")
+    rows = [("EVALSHA (commandstats)", "evalsha"), ("Redis process CPU", "cpu")]
+    if cg:
+        rows.append(("Redis instructions (callgrind), thousands", "instructions"))
+    for label, attr in rows:
+        cells = []
+        for name in stores:
+            scale = 1000 if attr == "instructions" else 1
+            xs = [getattr(r, attr) / scale for r in results[name]]
+            cells.append(f"{statistics.median(xs):.1f} [{min(xs):.1f}–{max(xs):.1f}]")
+        print(f"| {label} | {cells[0]} | {cells[1]} |")
+    print("\n| command: calls, µs per transition (last replay) | base | new |\n|---|---|---|")
+    last = {name: results[name][-1].commands for name in stores}
+    names = sorted(
+        set(last["base"]) | set(last["new"]), key=lambda k: -last["base"].get(k, (0, 0))[1]
+    )
+    for k in names:
+        cells = ["{:.2f}, {:.2f}".format(*last[name].get(k, (0, 0))) for name in stores]
+        print(f"| {k} | {cells[0]} | {cells[1]} |")
+
+
 async def main_async(args: argparse.Namespace) -> None:
     async with backends(REPO_ROOT / ".run" / "bench-lua") as (broker, redis_server):
         s = RouterSettings(
@@ -293,56 +346,16 @@ async def main_async(args: argparse.Namespace) -> None:
         redis = Redis.from_url(s.redis_url)
         per_batch = await record(args, s, redis)
         await redis.config_set("auto-aof-rewrite-percentage", 0)  # no rewrite mid-replay
-        cg = None
-        if args.callgrind:
-            cg = Callgrind(REPO_ROOT / ".run" / "bench-lua")
+        cg = Callgrind(REPO_ROOT / ".run" / "bench-lua") if args.callgrind else None
+        try:
+            if cg:
+                await redis.aclose()
+                redis = await cg.redis()
+            await compare(args, s, redis, per_batch, cg.proc.pid if cg else redis_server.pid, cg)
+        finally:
             await redis.aclose()
-            redis = await cg.redis()
-        pid = cg.proc.pid if cg else redis_server.pid
-        Base, base_lua = base_store(args.base)
-        horizon = load_policy("cn").caps.horizon_s
-
-        def make(cls: type[Store]) -> Store:
-            return cls(
-                redis,
-                s.key_prefix,
-                s.retention_s,
-                s.timeline_max_records,
-                horizon,
-                groups=s.redis_key_groups,
-            )
-
-        stores = {"base": make(Base), "new": make(Store)}
-        stores["base"]._sources["apply"] = base_lua
-        results: dict[str, list[Replay]] = {k: [] for k in stores}
-        for _ in range(args.reps):
-            for name, st in stores.items():
-                results[name].append(await replay(redis, st, per_batch, pid, cg))
-        n = sum(len(msgspec.msgpack.decode(c)) for b in per_batch for c in b)
-        print(f"\n{n} transitions in {sum(map(len, per_batch))} calls, {args.reps} replays each")
-        print("| per transition (µs) | base: median [min–max] | new: median [min–max] |")
-        print("|---|---|---|")
-        rows = [("EVALSHA (commandstats)", "evalsha"), ("Redis process CPU", "cpu")]
-        if cg:
-            rows.append(("Redis instructions (callgrind), thousands", "instructions"))
-        for label, attr in rows:
-            cells = []
-            for name in stores:
-                scale = 1000 if attr == "instructions" else 1
-                xs = [getattr(r, attr) / scale for r in results[name]]
-                cells.append(f"{statistics.median(xs):.1f} [{min(xs):.1f}–{max(xs):.1f}]")
-            print(f"| {label} | {cells[0]} | {cells[1]} |")
-        print("\n| command: calls, µs per transition (last replay) | base | new |\n|---|---|---|")
-        last = {name: results[name][-1].commands for name in stores}
-        names = sorted(
-            set(last["base"]) | set(last["new"]), key=lambda k: -last["base"].get(k, (0, 0))[1]
-        )
-        for k in names:
-            cells = ["{:.2f}, {:.2f}".format(*last[name].get(k, (0, 0))) for name in stores]
-            print(f"| {k} | {cells[0]} | {cells[1]} |")
-        await redis.aclose()
-        if cg:
-            cg.stop()
+            if cg:
+                cg.stop()
 
 
 def main() -> None:
