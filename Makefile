@@ -68,8 +68,8 @@ down: ## stop what `make up` started
 status: ## show what `make up` started and whether it answers
 	@if [ -x $(PY) ]; then $(PY) -m tools.devstack status; else $(PYTHON) -m tools.devstack status; fi
 
-test: lint typecheck ## lint + typecheck + the tests not marked slow
-	@$(MAKE) pytest PYTEST_MARK='not slow'
+test: lint typecheck ## lint + typecheck + the tests not marked slow (the 15 slowest listed)
+	@$(MAKE) pytest PYTEST_MARK='not slow' PYTEST_ARGS='--durations=15 $(PYTEST_ARGS)'
 
 test-all: lint typecheck ## lint + typecheck + every test, slow fault-injection suites included
 	@$(MAKE) pytest PYTEST_MARK=''
