@@ -524,6 +524,18 @@ def internals() -> Board:
     )
     b.panel(
         one(
+            "Offsets the broker skipped",
+            f"sum by (service, topic, outcome) ({rate('tongda_consumer_offset_gaps_total')})",
+            "{{service}} {{topic}} {{outcome}}",
+            "ops",
+            description="refetched: a fetch jumped past an offset of one of tongda's own "
+            "topics and the consumer read it again (Tansu 0.6 does this; Apache Kafka never "
+            "should); skipped: still missing after the wait, left behind (alert "
+            "TongdaOffsetsSkipped).",
+        )
+    )
+    b.panel(
+        one(
             "Dead letters by error",
             f"sum by (service, error) ({rate('tongda_deadletters_total')})",
             "{{service}} {{error}}",
