@@ -12,19 +12,12 @@ the tests assert the exchange happened on every connection, not only that settin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import faust
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.conn import AIOKafkaConnection, create_conn
@@ -43,10 +36,10 @@ from shared.config import CommonSettings, RouterSettings
 from shared.kafka import make_consumer, make_producer
 from shared.security import kafka_client_options
 from shared.topics import ensure_topics, missing_topics, topic_specs
+from tests.router_process import a_request_comes_out_as_a_dispatch, router_process
 from tests.sasl_support import SaslBroker, SaslPeer
-from tests.signing_keys import SIGNING, SIGNING_ENV
+from tests.signing_keys import SIGNING
 from tests.tls_support import Pki, make_pki
-from tools.devstack import REPO_ROOT, free_port
 
 USER = "tongda"
 PASSWORD = "sasl-secret-5be1"
@@ -352,84 +345,19 @@ async def test_router_process_routes_over_sasl_ssl(
     over SASL_SSL comes out as a dispatch, and the password is in none of its logs."""
     s = sasl(sasl_ssl_broker, "SCRAM-SHA-512", pki)
     await ensure_topics(s)
-    port = free_port()
+    tally = Tally(sasl_ssl_broker.peer)
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        **SIGNING_ENV,
         "TONGDA_KAFKA_BOOTSTRAP": sasl_ssl_broker.bootstrap,
         "TONGDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "TONGDA_KAFKA_SSL_CAFILE": str(pki.ca),
         "TONGDA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "TONGDA_KAFKA_SASL_USERNAME": USER,
         "TONGDA_KAFKA_SASL_PASSWORD": PASSWORD,
-        "TONGDA_KAFKA_SESSION_TIMEOUT_MS": "2000",
         "TONGDA_REDIS_URL": redis_server,
-        "TONGDA_API_TOKEN": "t",
-        "TONGDA_HTTP_HOST": "127.0.0.1",
-        "TONGDA_HTTP_PORT": str(port),
-        "TONGDA_LOG_FORMAT": "text",
-        "TONGDA_POLICY_PRESET": "none",
-        "TONGDA_FAUST_DATADIR": str(tmp_path / "faust"),
     }
-    tally = Tally(sasl_ssl_broker.peer)
-    log_path = tmp_path / "router.log"
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.router",
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(60):
-                while True:
-                    assert proc.returncode is None, log_path.read_text()[-3000:]
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    await asyncio.sleep(0.2)
+    async with router_process(tmp_path, env) as router:
         assert tally.new_authenticated("SCRAM-SHA-512") >= 2  # the router's own clients
-
-        nid = "sasl-0001"
-        request = {
-            "schema": "notification.requested/v1",
-            "id": nid,
-            "type": "repayment_due",
-            "customer_id": "c-sasl",
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "data": {"amount_due": "1280.00", "currency": "CNY", "due_date": "2026-12-01"},
-            "contacts": {"push_tokens": ["tok-sasl"]},
-        }
-        producer = make_producer(s, "sasl-e2e")
-        reader = make_consumer(s, "sasl-e2e-reader", [s.topics.dispatch("push")], "sasl-e2e")
-        await producer.start()
-        await reader.start()
-        try:
-            await producer.send_and_wait(s.topics.requested, orjson.dumps(request), key=b"c-sasl")
-            found: list[dict[str, Any]] = []
-            async with asyncio.timeout(30):
-                while not found:
-                    batch = await reader.getmany(timeout_ms=500)
-                    found += [orjson.loads(r.value or b"{}") for rs in batch.values() for r in rs]
-            assert [d["notification_id"] for d in found] == [nid], log_path.read_text()[-3000:]
-        finally:
-            await reader.stop()
-            await producer.stop()
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            status = await asyncio.wait_for(proc.wait(), 45)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert status == 0, log_path.read_text()[-3000:]
+        await a_request_comes_out_as_a_dispatch(s, "sasl", router)
     await tally.settled()
-    text = log_path.read_text()
+    text = router.log_path.read_text()
     assert PASSWORD not in text

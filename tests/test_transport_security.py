@@ -11,19 +11,15 @@ mechanism, is tested in tests/test_kafka_sasl.py (a SASL peer in front of Tansu)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import faust
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
@@ -46,9 +42,10 @@ from shared.security import (
     kafka_ssl_context,
 )
 from shared.topics import ensure_topics, missing_topics, topic_specs
+from tests.router_process import a_request_comes_out_as_a_dispatch, router_process
 from tests.signing_keys import SIGNING, SIGNING_ENV
 from tests.tls_support import Pki, TlsBroker, TlsRedis, make_pki
-from tools.devstack import REPO_ROOT, free_port
+from tools.devstack import REPO_ROOT
 
 REDIS_PASSWORD = "redis-acl-password-7f3c"
 SASL_PASSWORD = "sasl-password-91d2"
@@ -427,74 +424,19 @@ async def test_router_process_routes_over_tls_with_the_redis_acl_user(
     ACL user limited to `tongda:*`; a request published over TLS comes out as a dispatch."""
     s = kafka_tls(tls_broker, pki)
     await ensure_topics(s)
-    port = free_port()
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        **SIGNING_ENV,
         "TONGDA_KAFKA_BOOTSTRAP": tls_broker.bootstrap,
         "TONGDA_KAFKA_SECURITY_PROTOCOL": "SSL",
         "TONGDA_KAFKA_SSL_CAFILE": str(pki.ca),
         "TONGDA_KAFKA_SSL_CERTFILE": str(pki.client_cert),
         "TONGDA_KAFKA_SSL_KEYFILE": str(pki.client_key),
-        "TONGDA_KAFKA_SESSION_TIMEOUT_MS": "2000",
         "TONGDA_REDIS_URL": f"rediss://localhost:{tls_redis.port}/0",
         "TONGDA_REDIS_SSL_CAFILE": str(pki.ca),
         "TONGDA_REDIS_USERNAME": TlsRedis.USER,
         "TONGDA_REDIS_PASSWORD": REDIS_PASSWORD,
-        "TONGDA_API_TOKEN": "t",
-        "TONGDA_HTTP_HOST": "127.0.0.1",
-        "TONGDA_HTTP_PORT": str(port),
-        "TONGDA_LOG_FORMAT": "text",
-        "TONGDA_POLICY_PRESET": "none",
-        "TONGDA_FAUST_DATADIR": str(tmp_path / "faust"),
     }
-    log_path = tmp_path / "router.log"
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.router",
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(60):
-                while True:
-                    assert proc.returncode is None, log_path.read_text()[-3000:]
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    await asyncio.sleep(0.2)
-
-        nid = "tls-0001"
-        request = {
-            "schema": "notification.requested/v1",
-            "id": nid,
-            "type": "repayment_due",
-            "customer_id": "c-tls",
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "data": {"amount_due": "1280.00", "currency": "CNY", "due_date": "2026-12-01"},
-            "contacts": {"push_tokens": ["tok-tls"]},
-        }
-        producer = make_producer(s, "tls-e2e")
-        reader = make_consumer(s, "tls-e2e-reader", [s.topics.dispatch("push")], "tls-e2e")
-        await producer.start()
-        await reader.start()
-        try:
-            await producer.send_and_wait(s.topics.requested, orjson.dumps(request), key=b"c-tls")
-            found: list[dict[str, Any]] = []
-            async with asyncio.timeout(30):
-                while not found:
-                    batch = await reader.getmany(timeout_ms=500)
-                    found += [orjson.loads(r.value or b"{}") for rs in batch.values() for r in rs]
-            assert [d["notification_id"] for d in found] == [nid], log_path.read_text()[-3000:]
-        finally:
-            await reader.stop()
-            await producer.stop()
+    async with router_process(tmp_path, env) as router:
+        await a_request_comes_out_as_a_dispatch(s, "tls", router)
 
         # faust's own consumer (the inquiries agent) reads over TLS too: an invalid inquiry
         # comes back as a dead letter
@@ -520,16 +462,6 @@ async def test_router_process_routes_over_tls_with_the_redis_acl_user(
             assert [k async for k in check.scan_iter(match="tongda:*")]
         finally:
             await check.aclose()
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            status = await asyncio.wait_for(proc.wait(), 45)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert status == 0, log_path.read_text()[-3000:]
-    text = log_path.read_text()
+    text = router.log_path.read_text()
     assert REDIS_PASSWORD not in text
     assert "NOPERM" not in text and "no permissions" not in text, text[-3000:]
