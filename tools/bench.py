@@ -75,6 +75,21 @@ async def backends(run_dir: Path) -> AsyncIterator[tuple[Broker, RedisServer]]:
         await broker.stop()
 
 
+def engine_settings(broker: Broker, redis: RedisServer, **overrides: Any) -> RouterSettings:
+    """The router's settings in the in-process benches (bench_engine, bench_lua, bench_fsync):
+    `backends()`' broker and Redis, the cn rules, a fresh signing key; `overrides` on top."""
+    return RouterSettings(
+        **{
+            "kafka_bootstrap": broker.bootstrap,
+            "redis_url": redis.url,
+            "api_token": "bench",
+            "policy_preset": "cn",
+            "signing_keys": {"bench": secrets.token_urlsafe(32)},
+            **overrides,
+        }
+    )
+
+
 def notification(i: int, sent_at: float | None = None, run: int = 0) -> bytes:
     body: dict[str, Any] = {
         "schema": "notification.requested/v1",

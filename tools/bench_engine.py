@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import statistics
 import time
 
@@ -27,10 +26,9 @@ from services.router.core import build_core
 from services.router.plans import load_plans
 from services.router.policy import load_policy
 from shared.clock import Clock
-from shared.config import RouterSettings
 from shared.gctune import gc_paused, tune_gc
 from shared.kafka import Batch, make_producer
-from tools.bench import BENCH_CLOCK, backends, cpu_s, notification
+from tools.bench import BENCH_CLOCK, backends, cpu_s, engine_settings, notification
 from tools.devstack import REPO_ROOT
 
 
@@ -55,13 +53,7 @@ def batches(topic: str, partitions: int, n: int, size: int, run: int) -> list[Ba
 
 async def main_async(args: argparse.Namespace) -> None:
     async with backends(REPO_ROOT / ".run" / "bench-engine") as (broker, redis_server):
-        s = RouterSettings(
-            kafka_bootstrap=broker.bootstrap,
-            redis_url=redis_server.url,
-            api_token="bench",
-            policy_preset="cn",
-            signing_keys={"bench": secrets.token_urlsafe(32)},
-        )
+        s = engine_settings(broker, redis_server)
         await broker.create_topics(s)
         redis = Redis.from_url(s.redis_url)
         producer = make_producer(s, "bench-engine")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import statistics
 import time
 
@@ -24,9 +23,8 @@ from redis.asyncio import Redis
 from services.router.core import build_core
 from services.router.plans import load_plans
 from services.router.policy import load_policy
-from shared.config import RouterSettings
 from shared.kafka import make_producer
-from tools.bench import BENCH_CLOCK, backends, notification
+from tools.bench import BENCH_CLOCK, backends, engine_settings, notification
 from tools.devstack import REPO_ROOT
 
 BATCH = 500
@@ -58,13 +56,10 @@ def batches(n: int, run: int, topic: str) -> list[dict[TopicPartition, list[Cons
 
 async def measure(n: int, rounds: int) -> dict[str, list[float]]:
     async with backends(REPO_ROOT / ".run" / "bench-fsync") as (broker, redis_server):
-        s = RouterSettings(
-            kafka_bootstrap=broker.bootstrap,
-            redis_url=redis_server.url,
-            api_token="bench",
-            signing_keys={"bench": secrets.token_urlsafe(32)},
+        s = engine_settings(
+            broker,
+            redis_server,
             signing_key_id="bench",
-            policy_preset="cn",
             clock_start=BENCH_CLOCK,
             clock_origin_epoch_s=time.time(),
             time_scale=20.0,  # no step timeout comes due during the run

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import secrets
 import shutil
 import socket
 import statistics
@@ -52,9 +51,9 @@ from shared.gctune import gc_paused
 from shared.kafka import Batch, make_producer
 from shared.resp import execute
 from shared.signing import Signer
-from tools.bench import BENCH_CLOCK, backends, cpu_s
+from tools.bench import BENCH_CLOCK, backends, cpu_s, engine_settings
 from tools.bench_engine import batches
-from tools.devstack import REPO_ROOT
+from tools.devstack import REPO_ROOT, RedisServer
 
 
 def outcomes(
@@ -192,20 +191,8 @@ class Callgrind:
                 "--tool=callgrind",
                 f"--callgrind-out-file={self.dir}/cg.out",
                 "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.dir),
-                "--auto-aof-rewrite-percentage",
-                "0",
+                *RedisServer.options(self.port, self.dir),
+                *("--auto-aof-rewrite-percentage", "0"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -335,13 +322,7 @@ async def compare(
 
 async def main_async(args: argparse.Namespace) -> None:
     async with backends(REPO_ROOT / ".run" / "bench-lua") as (broker, redis_server):
-        s = RouterSettings(
-            kafka_bootstrap=broker.bootstrap,
-            redis_url=redis_server.url,
-            api_token="bench",
-            policy_preset="cn",
-            signing_keys={"bench": secrets.token_urlsafe(32)},
-        )
+        s = engine_settings(broker, redis_server)
         await broker.create_topics(s)
         redis = Redis.from_url(s.redis_url)
         per_batch = await record(args, s, redis)

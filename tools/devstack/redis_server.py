@@ -62,32 +62,21 @@ class RedisServer(InfraProcess):
             )
         return found
 
+    @staticmethod
+    def options(port: int, data_dir: Path) -> list[str]:
+        """The command-line options every tongda redis-server runs with (loopback, no RDB
+        snapshots, AOF with `appendfsync always`, in the foreground, logging to stdout)."""
+        return [
+            *("--port", str(port), "--bind", HOST, "--save", ""),
+            *("--appendonly", "yes", "--appendfsync", "always"),
+            *("--daemonize", "no", "--dir", str(data_dir), "--logfile", ""),
+        ]
+
     def start(self, timeout: float = INFRA_START_TIMEOUT_S) -> None:
         """Start and wait until it answers PING. Blocking (it takes ~50 ms)."""
         binary = self.binary or self.find_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                HOST,
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--daemonize",
-                "no",
-                "--dir",
-                str(self.data_dir),
-                "--logfile",
-                "",
-                *self.extra_args,
-            ]
-        )
+        self._spawn([binary, *self.options(self.port, self.data_dir), *self.extra_args])
         deadline = time.monotonic() + timeout
         while not redis_ping(HOST, self.port):
             if not self.running:
