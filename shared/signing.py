@@ -39,9 +39,10 @@ class Signer:
     def __init__(self, keys: Mapping[str, bytes], key_id: str) -> None:
         if key_id not in keys:
             raise ConfigError(f"signing key id {key_id!r} is not among the signing keys")
-        self._keys = dict(keys)
+        # one keyed HMAC per key, copied for each record: the key's setup is done once
+        self._macs = {kid: hmac.new(secret, digestmod="sha256") for kid, secret in keys.items()}
         self.key_id = key_id
-        self._secret = keys[key_id]
+        self._mac = self._macs[key_id]
         self._prefix = f"{key_id}:".encode()
 
     @classmethod
@@ -67,7 +68,7 @@ class Signer:
 
     def signature(self, key: bytes | None, value: bytes | None) -> bytes:
         """The header value signing (key, value) with the current key."""
-        return self._prefix + _digest(self._secret, key, value).encode()
+        return self._prefix + _digest(self._mac, key, value).encode()
 
     def header(self, key: bytes | None, value: bytes | None) -> tuple[str, bytes]:
         """The signature header for (key, value)."""
@@ -83,14 +84,17 @@ class Signer:
             )
         raw_kid, _, digest = found[0].partition(b":")
         kid = raw_kid.decode(errors="replace")
-        secret = self._keys.get(kid)
-        if secret is None:
+        mac = self._macs.get(kid)
+        if mac is None:
             raise InvalidEvent("bad_signature", f"unknown signing key id {kid[:64]!r}")
-        if not hmac.compare_digest(digest, _digest(secret, record.key, record.value).encode()):
+        if not hmac.compare_digest(digest, _digest(mac, record.key, record.value).encode()):
             raise InvalidEvent("bad_signature", f"signature does not match (key id {kid!r})")
 
 
-def _digest(secret: bytes, key: bytes | None, value: bytes | None) -> str:
+def _digest(mac: hmac.HMAC, key: bytes | None, value: bytes | None) -> str:
+    """HMAC-SHA256 of (key, value) with `mac`'s key: `mac` is copied, never updated."""
     k, v = key or b"", value or b""
+    mac = mac.copy()
     # the key's length first, so no (key, value) pair signs as another
-    return hmac.digest(secret, len(k).to_bytes(4, "big") + k + v, "sha256").hex()
+    mac.update(len(k).to_bytes(4, "big") + k + v)
+    return mac.hexdigest()

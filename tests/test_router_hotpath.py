@@ -22,7 +22,7 @@ from services.router.state import AttemptEntry, Leg, NotificationState, decode_s
 from services.router.store import Keys
 from shared.gctune import gc_paused
 from shared.kafka import key_partition
-from shared.resp import execute, pack
+from shared.resp import execute, pack, pack_bytes, unpack
 
 NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 
@@ -60,6 +60,21 @@ def state(**kw: object) -> NotificationState:
     }
     values.update(kw)
     return NotificationState(**values)  # type: ignore[arg-type]
+
+
+@given(
+    st.lists(
+        st.one_of(st.binary(max_size=40), st.binary(min_size=1000, max_size=1100)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_pack_bytes_packs_as_pack_does(args: list[bytes]) -> None:
+    """The hot path's writer (`pack_bytes`) gives the same RESP as the general one, lengths
+    past its table of length lines included, and `unpack` gives the arguments back."""
+    packed = pack_bytes(args)
+    assert packed == pack(*args)
+    assert unpack(packed) == args
 
 
 def test_the_state_json_opens_with_its_version_and_leaves_defaults_out() -> None:

@@ -146,3 +146,20 @@ def test_no_key_no_start_and_rotation_needs_a_chosen_key() -> None:
     signer = Signer.from_settings(ChannelSettings(**two, signing_key_id="test-1"))
     assert signer.signature(b"k", b"v").startswith(b"test-1:")
     assert SIGNATURE_HEADER == "tongda-signature"
+
+
+def test_the_signature_is_hmac_sha256_of_the_key_length_key_and_value() -> None:
+    """The documented construction (shared/signing.py), so another implementation can check
+    a record: HMAC-SHA256 over the key's length (4 bytes, big-endian), the key, the value;
+    each key of a rotation signs with its own secret, and signing twice gives one answer."""
+    import hmac
+
+    signer = Signer({k: v.encode() for k, v in KEYS.items()}, "test-2")
+    for key, raw in [(b"cust-1", b'{"a":1}'), (None, b"x"), (b"", None), (b"k" * 300, b"v")]:
+        k = key or b""
+        expected = hmac.new(
+            KEYS["test-2"].encode(), len(k).to_bytes(4, "big") + k + (raw or b""), "sha256"
+        ).hexdigest()
+        assert signer.signature(key, raw) == b"test-2:" + expected.encode()
+        assert signer.signature(key, raw) == b"test-2:" + expected.encode()
+        assert OLD.signature(key, raw) != signer.signature(key, raw)
