@@ -1,6 +1,6 @@
 """`make bench`: the router's throughput and latency, measured beside the raw broker's.
 
-One run, one fresh broker and Redis, three measurements side by side:
+One run, one fresh broker and Redis, these measurements side by side:
   1. raw: aiokafka consume → orjson parse → produce, with no state (the ceiling);
   2. router: the real router process (`python -m services.router`) draining the same number
      of notifications (requested → state in Redis → dispatch) with the `cn` contact rules
@@ -14,7 +14,9 @@ One run, one fresh broker and Redis, three measurements side by side:
      produce→consume latency, at the same rate and consumer settings;
   4. scaling: a second router process joins the group, and the two drain the same backlog;
   5. memory: the resident set (RSS) of the router(s), Redis and the broker, sampled while the
-     router drains, peak per process.
+     router drains, peak per process;
+  6. the rules' own cost: a router with the contact rules off (preset `none`) drains the same
+     kind of backlog, each round again beside a raw round (`--bare-runs`).
 Rates come from the output records' timestamps (first to last), so start-up is not counted.
 """
 
@@ -399,6 +401,7 @@ def table(
     rate: int,
     rss: dict[str, float],
     cpu: dict[str, list[float]],
+    bare: tuple[list[float], list[float], dict[str, list[float]]] | None = None,
 ) -> str:
     ms = {k: (percentile(v, 0.5) * 1000, percentile(v, 0.99) * 1000) for k, v in lat.items()}
     rows = [
@@ -422,6 +425,25 @@ def table(
     if cpu:
         used = ", ".join(f"{name} {median_range(us)[0]:.0f}" for name, us in cpu.items())
         rows.append(f"| CPU per routed event (µs, median of the runs) | {used} |")
+    if bare and bare[0]:
+        # the same rounds with the contact rules switched off (preset none): what the rules
+        # themselves cost, beside what the rest of the router's work costs
+        b_raws, b_routeds, b_cpu = bare
+        b_routed, b_lo, b_hi = median_range(b_routeds)
+        b_ratios = sorted(r / w for r, w in zip(b_routeds, b_raws, strict=True))
+        rows += [
+            "| router, the same events with the contact rules off (preset `none`: no window, "
+            f"no ledger; runs: {len(b_routeds)}, each beside a raw run) | {b_routed:,.0f} "
+            f"events/s [{b_lo:,.0f}–{b_hi:,.0f}] |",
+            f"| ratio router without rules / raw | {b_ratios[len(b_ratios) // 2]:.2f} "
+            f"[{b_ratios[0]:.2f}–{b_ratios[-1]:.2f}] |",
+            f"| router with the cn rules / without (median rates) | {routed / b_routed:.2f} |"
+            if routed
+            else "",
+        ]
+        if b_cpu:
+            used = ", ".join(f"{name} {median_range(us)[0]:.0f}" for name, us in b_cpu.items())
+            rows.append(f"| CPU per routed event without rules (µs, median) | {used} |")
     if twos:
         two, t_lo, t_hi = median_range(twos)
         rows += [
@@ -445,7 +467,12 @@ def table(
 
 
 def router_service(
-    s: CommonSettings, name: str, log: Path, origin_s: float, signing_keys: str
+    s: CommonSettings,
+    name: str,
+    log: Path,
+    origin_s: float,
+    signing_keys: str,
+    preset: str = "cn",
 ) -> Service:
     return Service(
         "router",
@@ -456,7 +483,7 @@ def router_service(
             "TONGDA_LOG_LEVEL": "WARNING",
             "TONGDA_API_TOKEN": "bench",
             "TONGDA_SIGNING_KEYS": signing_keys,  # internal topics are signed
-            "TONGDA_POLICY_PRESET": "cn",  # every event judged by the contact rules
+            "TONGDA_POLICY_PRESET": preset,  # cn: every event judged by the contact rules
             "TONGDA_CLOCK_START": BENCH_CLOCK.isoformat(),
             "TONGDA_CLOCK_ORIGIN_EPOCH_S": repr(origin_s),
             # simulated time 20× slower than real: no step timeout (90 s) comes due during the
@@ -478,7 +505,9 @@ async def main_async(args: argparse.Namespace) -> str:
         await broker.create_topics(s)
         admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
         await admin.start()
-        names = [f"{t}.{k}" for k in range(args.runs) for t in (RAW_IN, RAW_OUT)]
+        raw_runs = [*range(args.runs)]  # the raw rounds' tags; the rounds without rules' follow
+        raw_runs += range(args.runs + args.scale_runs, args.runs + args.scale_runs + args.bare_runs)
+        names = [f"{t}.{k}" for k in raw_runs for t in (RAW_IN, RAW_OUT)]
         names += [LAT, LAT_IN, LAT_OUT]
         await admin.create_topics([NewTopic(t, s.kafka_topic_partitions, 1) for t in names])
         await admin.close()
@@ -515,7 +544,27 @@ async def main_async(args: argparse.Namespace) -> str:
                 with rss:
                     twos.append(await router_rate(s, routers, args.n, args.runs + j))
                 say(f"two routers: {twos[-1]:,.0f}/s")
-        return table(args.n, raws, routeds, twos, lat, args.rate, rss.peak, cpu)
+        bare: tuple[list[float], list[float], dict[str, list[float]]] = ([], [], {})
+        if args.bare_runs:
+            say("the same rounds with the contact rules off (preset none) …")
+            while routers:
+                await routers.pop().stop()
+            routers.append(
+                router_service(
+                    s, "tongda-bench-none", run / "router-none.log", origin_s, keys, "none"
+                )
+            )
+            await routers[0].start(ready_timeout=90)
+            rss.watch("router (no rules)", routers[0].pid)
+            await wait_for_members(s, RouterSettings(api_token="bench").consumer_group, 1, 120)
+            first = args.runs + args.scale_runs
+            for j in range(args.bare_runs):
+                k = first + j
+                bare[0].append(await raw_passthrough(s, args.n, k))
+                with rss:
+                    bare[1].append(await router_rate(s, routers, args.n, k, redis.pid, bare[2]))
+                say(f"no rules, run {j + 1}: raw {bare[0][-1]:,.0f}/s, router {bare[1][-1]:,.0f}/s")
+        return table(args.n, raws, routeds, twos, lat, args.rate, rss.peak, cpu, bare)
     finally:
         for router in routers:
             await router.stop()
@@ -528,6 +577,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", "20000")))
     p.add_argument("--runs", type=int, default=3, help="throughput runs (median reported)")
     p.add_argument("--scale-runs", type=int, default=3, help="runs with two routers (0: none)")
+    p.add_argument(
+        "--bare-runs",
+        type=int,
+        default=3,
+        help="runs with the contact rules off (preset none), each beside a raw run (0: none)",
+    )
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--markdown", type=Path, help="also write the table into this file")
