@@ -46,7 +46,9 @@ def isolated_settings(broker: str, redis_url: str, **kw: Any) -> RouterSettings:
         key_prefix=f"t{tag}:",
         consumer_group=f"router-{tag}",
         kafka_topic_partitions=2,
-        **{**SIGNING, **kw},
+        # a group on this broker is formed ~half a session timeout after the first join
+        # (the default 6 s: 3 s per test); 2 s still leaves four heartbeats per session
+        **{**SIGNING, "kafka_session_timeout_ms": 2000, **kw},
     )
 
 
