@@ -336,7 +336,6 @@ async def connect(broker: SaslBroker, s: CommonSettings) -> None:
 # --- the router as a process, configured by the environment, over SASL_SSL -------------------
 
 
-@pytest.mark.slow  # a whole router process (~10 s): in .ci/run's slow suite
 async def test_router_process_routes_over_sasl_ssl(
     sasl_ssl_broker: SaslBroker, pki: Pki, redis_server: str, tmp_path: Path
 ) -> None:

@@ -415,7 +415,6 @@ async def test_redis_plaintext_client_cannot_use_the_tls_port(
 # --- the router as a process, on TLS Kafka and TLS Redis with the ACL user ------------------
 
 
-@pytest.mark.slow  # a whole router process (~10 s): in .ci/run's slow suite
 async def test_router_process_routes_over_tls_with_the_redis_acl_user(
     tls_broker: TlsBroker, tls_redis: TlsRedis, pki: Pki, tmp_path: Path
 ) -> None:
