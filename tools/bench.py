@@ -15,8 +15,9 @@ One run, one fresh broker and Redis, these measurements side by side:
   4. scaling: a second router process joins the group, and the two drain the same backlog;
   5. memory: the resident set (RSS) of the router(s), Redis and the broker, sampled while the
      router drains, peak per process;
-  6. the rules' own cost: a router with the contact rules off (preset `none`) drains the same
-     kind of backlog, each round again beside a raw round (`--bare-runs`).
+  6. the rules' own cost: in each run a second router with the contact rules off (preset
+     `none`), on topics, keys and groups of its own, drains the same backlog after the first
+     (each stopped while the other works), against the same raw round (`--bare-runs`).
 Rates come from the output records' timestamps (first to last), so start-up is not counted.
 """
 
@@ -41,7 +42,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.config import CommonSettings, RouterSettings
+from shared.config import CommonSettings, RouterSettings, Topics
 from shared.gctune import tune_gc
 from shared.kafka import make_consumer, make_producer
 from shared.security import kafka_client_options
@@ -50,6 +51,7 @@ from tools.devstack import REPO_ROOT, Broker, RedisServer, Service
 RAW_IN, RAW_OUT, LAT = "bench.raw.in", "bench.raw.out", "bench.latency"
 LAT_IN, LAT_OUT = "bench.latency.raw.in", "bench.latency.raw.out"
 LATENCY_RUN = 9999  # the run tag (customer ids) of the latency phase's notifications
+BARE = "bare."  # what the router without rules' topics, keys and groups are named with
 
 
 def say(msg: str) -> None:
@@ -161,10 +163,16 @@ async def span_of(
 
 
 async def raw_loop(
-    s: CommonSettings, src: str, dst: str, group: str, done: Callable[[int], bool]
+    s: CommonSettings,
+    src: str,
+    dst: str,
+    group: str,
+    done: Callable[[int], bool],
+    on_first: Callable[[], None] = lambda: None,
 ) -> None:
     """The raw pass-through: consume (the router's consumer settings) → orjson parse →
-    serialise → produce without awaiting each send → commit; until `done(records so far)`."""
+    serialise → produce without awaiting each send → commit; until `done(records so far)`.
+    `on_first` is called when the first records arrive (start-up and group join are over)."""
     consumer = make_consumer(s, group, [src], "bench-raw")
     producer = make_producer(s, "bench-raw")
     await consumer.start()
@@ -173,6 +181,8 @@ async def raw_loop(
     try:
         while not done(count):
             batch = await consumer.getmany(timeout_ms=100)
+            if batch and not count:
+                on_first()
             futures = []
             for msgs in batch.values():
                 for m in msgs:
@@ -187,12 +197,28 @@ async def raw_loop(
         await producer.stop()
 
 
-async def raw_passthrough(s: CommonSettings, n: int, run: int) -> float:
+async def raw_passthrough(
+    s: CommonSettings,
+    n: int,
+    run: int,
+    broker_pid: int | None = None,
+    cpu: dict[str, list[float]] | None = None,
+) -> float:
     """One round on topics and a group of its own: the backlog is in place before the
-    consumer joins, as it is for the router."""
+    consumer joins, as it is for the router. With `cpu`, the CPU µs per event the loop (this
+    process, which does nothing else meanwhile) and the broker spent from the first records
+    to the last acknowledgement are appended to `cpu["raw loop"]` and `cpu["broker"]`."""
     src, dst = f"{RAW_IN}.{run}", f"{RAW_OUT}.{run}"
     await publish(s, src, n, lambda i: notification(i, run=run))
-    await raw_loop(s, src, dst, f"bench-raw-{run}", lambda count: count >= n)
+    before: list[float] = []
+
+    def first() -> None:
+        before.extend((time.process_time(), cpu_s(broker_pid)))
+
+    await raw_loop(s, src, dst, f"bench-raw-{run}", lambda count: count >= n, first)
+    if cpu is not None and before:
+        cpu.setdefault("raw loop", []).append((time.process_time() - before[0]) / n * 1e6)
+        cpu.setdefault("broker", []).append((cpu_s(broker_pid) - before[1]) / n * 1e6)
     return n / await span_of(s, dst, n, 60)
 
 
@@ -214,24 +240,28 @@ async def router_rate(
     run: int,
     redis_pid: int | None = None,
     cpu: dict[str, list[float]] | None = None,
+    broker_pid: int | None = None,
 ) -> float:
     """The routers are paused (SIGSTOP) while the round's backlog is published, so the rate is
-    the routers' own and not the publisher's. With `cpu`, the CPU µs per event the routers and
-    Redis spent on the round are appended to `cpu["router"]` and `cpu["Redis"]`."""
+    the routers' own and not the publisher's. With `cpu`, the CPU µs per event the routers,
+    Redis and the broker spent on the round are appended to `cpu["router"]`, `cpu["Redis"]`
+    and `cpu["broker"]` (the broker's includes serving this bench's reader of the dispatches,
+    which the raw round's does not)."""
     for router in routers:
         router.send(signal.SIGSTOP)
     try:
         await publish(s, s.topics.requested, n, lambda i: notification(i, run=run))
     finally:
-        before = sum(cpu_s(r.pid) for r in routers), cpu_s(redis_pid)
+        pids = [r.pid for r in routers]
+        before = sum(cpu_s(p) for p in pids), cpu_s(redis_pid), cpu_s(broker_pid)
         for router in routers:
             router.send(signal.SIGCONT)
     say(f"{len(routers)} router process(es) draining the backlog …")
     rate = n / await span_of(s, s.topics.dispatch(DISPATCH_CHANNEL), n, 600, run=run)
     if cpu is not None:
-        after = sum(cpu_s(r.pid) for r in routers), cpu_s(redis_pid)
-        cpu.setdefault("router", []).append((after[0] - before[0]) / n * 1e6)
-        cpu.setdefault("Redis", []).append((after[1] - before[1]) / n * 1e6)
+        after = sum(cpu_s(p) for p in pids), cpu_s(redis_pid), cpu_s(broker_pid)
+        for name, b, a in zip(("router", "Redis", "broker"), before, after, strict=True):
+            cpu.setdefault(name, []).append((a - b) / n * 1e6)
     return rate
 
 
@@ -392,6 +422,18 @@ async def latencies(s: CommonSettings, rate: int, seconds: float) -> dict[str, l
     return {"router": router, "raw": raw, "broker": broker}
 
 
+def cpu_used(cpu: dict[str, list[float]]) -> str:
+    """Each process's median CPU µs per event, their sum, and the rate that sum allows on
+    this machine's cores if nothing else ran: the ceiling the processes share."""
+    medians = {name: median_range(us)[0] for name, us in cpu.items()}
+    used = ", ".join(f"{name} {v:.0f}" for name, v in medians.items())
+    total = sum(medians.values())
+    cores = os.cpu_count() or 1
+    if not total:
+        return used
+    return f"{used}; sum {total:.0f}: {cores} cores allow at most {cores * 1e6 / total:,.0f}/s"
+
+
 def table(
     n: int,
     raws: list[float],
@@ -402,6 +444,7 @@ def table(
     rss: dict[str, float],
     cpu: dict[str, list[float]],
     bare: tuple[list[float], list[float], dict[str, list[float]]] | None = None,
+    raw_cpu: dict[str, list[float]] | None = None,
 ) -> str:
     ms = {k: (percentile(v, 0.5) * 1000, percentile(v, 0.99) * 1000) for k, v in lat.items()}
     rows = [
@@ -423,9 +466,10 @@ def table(
             f"end) | {ratios[len(ratios) // 2]:.2f} "
             f"[{ratios[0]:.2f}–{ratios[-1]:.2f}] |",
         ]
+    if raw_cpu:
+        rows.append(f"| CPU per raw event (µs, median of the runs) | {cpu_used(raw_cpu)} |")
     if cpu:
-        used = ", ".join(f"{name} {median_range(us)[0]:.0f}" for name, us in cpu.items())
-        rows.append(f"| CPU per routed event (µs, median of the runs) | {used} |")
+        rows.append(f"| CPU per routed event (µs, median of the runs) | {cpu_used(cpu)} |")
     if bare and bare[0]:
         # the same rounds with the contact rules switched off (preset none): what the rules
         # themselves cost, beside what the rest of the router's work costs
@@ -434,7 +478,8 @@ def table(
         b_ratios = sorted(r / w for r, w in zip(b_routeds, b_raws, strict=True))
         rows += [
             "| router, the same events with the contact rules off (preset `none`: no window, "
-            f"no ledger; runs: {len(b_routeds)}, each beside a raw run) | {b_routed:,.0f} "
+            f"no ledger; runs: {len(b_routeds)}, each after the router with the rules, beside "
+            f"the same raw round) | {b_routed:,.0f} "
             f"events/s [{b_lo:,.0f}–{b_hi:,.0f}] |",
             f"| ratio router without rules / raw | {b_ratios[len(b_ratios) // 2]:.2f} "
             f"[{b_ratios[0]:.2f}–{b_ratios[-1]:.2f}] |",
@@ -443,8 +488,7 @@ def table(
             else "",
         ]
         if b_cpu:
-            used = ", ".join(f"{name} {median_range(us)[0]:.0f}" for name, us in b_cpu.items())
-            rows.append(f"| CPU per routed event without rules (µs, median) | {used} |")
+            rows.append(f"| CPU per routed event without rules (µs, median) | {cpu_used(b_cpu)} |")
     if twos:
         two, t_lo, t_hi = median_range(twos)
         rows += [
@@ -474,11 +518,24 @@ def router_service(
     origin_s: float,
     signing_keys: str,
     preset: str = "cn",
+    own: str = "",
 ) -> Service:
+    """A router process; with `own`, on topics, keys and groups of its own (named with `own`
+    in front: see `own_settings`), so that it can sit beside the first router unseen."""
+    env = {}
+    if own:
+        mine = own_settings(s, own)
+        env = {f"TONGDA_TOPICS__{k.upper()}": v for k, v in mine.topics.model_dump().items()}
+        env |= {
+            "TONGDA_KEY_PREFIX": mine.key_prefix,
+            "TONGDA_CONSUMER_GROUP": mine.consumer_group,
+            "TONGDA_FAUST_APP_ID": mine.faust_app_id,
+        }
     return Service(
         "router",
         log,
-        env={
+        env=env
+        | {
             "TONGDA_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
             "TONGDA_REDIS_URL": s.redis_url,
             "TONGDA_LOG_LEVEL": "WARNING",
@@ -495,6 +552,21 @@ def router_service(
     )
 
 
+def own_settings(s: CommonSettings, own: str) -> RouterSettings:
+    """A router's settings on `s`' broker and Redis with every topic, its key prefix and its
+    groups named with `own` in front."""
+    d = RouterSettings(api_token="bench")
+    return RouterSettings(
+        kafka_bootstrap=s.kafka_bootstrap,
+        redis_url=s.redis_url,
+        api_token="bench",
+        topics=Topics(**{k: f"{own}{v}" for k, v in d.topics.model_dump().items()}),
+        key_prefix=f"{own}{d.key_prefix}",
+        consumer_group=f"{own}{d.consumer_group}",
+        faust_app_id=f"{own}{d.faust_app_id}",
+    )
+
+
 async def main_async(args: argparse.Namespace) -> str:
     run = REPO_ROOT / ".run" / "bench"
     broker, redis = Broker(run / "broker.log"), RedisServer(run / "redis.log")
@@ -506,8 +578,7 @@ async def main_async(args: argparse.Namespace) -> str:
         await broker.create_topics(s)
         admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
         await admin.start()
-        raw_runs = [*range(args.runs)]  # the raw rounds' tags; the rounds without rules' follow
-        raw_runs += range(args.runs + args.scale_runs, args.runs + args.scale_runs + args.bare_runs)
+        raw_runs = range(args.runs)
         names = [f"{t}.{k}" for k in raw_runs for t in (RAW_IN, RAW_OUT)]
         names += [LAT, LAT_IN, LAT_OUT]
         await admin.create_topics([NewTopic(t, s.kafka_topic_partitions, 1) for t in names])
@@ -521,15 +592,49 @@ async def main_async(args: argparse.Namespace) -> str:
         rss.watch("router", routers[0].pid)
         rss.watch("Redis", redis.pid)
         rss.watch("broker", broker.pid)
+        # The router without the contact rules (preset none) sits beside it on topics, keys
+        # and groups of its own, stopped (SIGSTOP) but for its own rounds.
+        bare_s = own_settings(s, BARE)
+        bare_router: Service | None = None
+        if args.bare_runs:
+            await broker.create_topics(bare_s)
+            bare_router = router_service(
+                s, "tongda-bench-none", run / "router-none.log", origin_s, keys, "none", BARE
+            )
+            routers.append(bare_router)
+            await bare_router.start(ready_timeout=90)
+            bare_router.send(signal.SIGSTOP)
+            rss.watch("router (no rules)", bare_router.pid)
         raws: list[float] = []
         routeds: list[float] = []
         cpu: dict[str, list[float]] = {}
+        raw_cpu: dict[str, list[float]] = {}
+        bare: tuple[list[float], list[float], dict[str, list[float]]] = ([], [], {})
         for k in range(args.runs):  # side by side, alternating, on the same broker
             say(f"run {k + 1}/{args.runs}: raw pass-through of {args.n} events …")
-            raws.append(await raw_passthrough(s, args.n, k))
+            raws.append(await raw_passthrough(s, args.n, k, broker.pid, raw_cpu))
             with rss:
-                routeds.append(await router_rate(s, routers, args.n, k, redis.pid, cpu))
+                routeds.append(
+                    await router_rate(s, routers[:1], args.n, k, redis.pid, cpu, broker.pid)
+                )
             say(f"run {k + 1}: raw {raws[-1]:,.0f}/s, router {routeds[-1]:,.0f}/s")
+            if bare_router is not None and k < args.bare_runs:
+                routers[0].send(signal.SIGSTOP)  # the router with the rules sits still meanwhile
+                try:
+                    with rss:
+                        rate = await router_rate(
+                            bare_s, [bare_router], args.n, k, redis.pid, bare[2], broker.pid
+                        )
+                finally:
+                    bare_router.send(signal.SIGSTOP)
+                    routers[0].send(signal.SIGCONT)
+                bare[0].append(raws[-1])
+                bare[1].append(rate)
+                say(f"run {k + 1}: the router without rules {rate:,.0f}/s")
+        if bare_router is not None:  # done with it
+            bare_router.send(signal.SIGCONT)
+            await bare_router.stop()
+            routers.remove(bare_router)
         with rss:
             lat = await latencies(s, args.rate, args.seconds)
         twos: list[float] = []
@@ -545,29 +650,10 @@ async def main_async(args: argparse.Namespace) -> str:
                 with rss:
                     twos.append(await router_rate(s, routers, args.n, args.runs + j))
                 say(f"two routers: {twos[-1]:,.0f}/s")
-        bare: tuple[list[float], list[float], dict[str, list[float]]] = ([], [], {})
-        if args.bare_runs:
-            say("the same rounds with the contact rules off (preset none) …")
-            while routers:
-                await routers.pop().stop()
-            routers.append(
-                router_service(
-                    s, "tongda-bench-none", run / "router-none.log", origin_s, keys, "none"
-                )
-            )
-            await routers[0].start(ready_timeout=90)
-            rss.watch("router (no rules)", routers[0].pid)
-            await wait_for_members(s, RouterSettings(api_token="bench").consumer_group, 1, 120)
-            first = args.runs + args.scale_runs
-            for j in range(args.bare_runs):
-                k = first + j
-                bare[0].append(await raw_passthrough(s, args.n, k))
-                with rss:
-                    bare[1].append(await router_rate(s, routers, args.n, k, redis.pid, bare[2]))
-                say(f"no rules, run {j + 1}: raw {bare[0][-1]:,.0f}/s, router {bare[1][-1]:,.0f}/s")
-        return table(args.n, raws, routeds, twos, lat, args.rate, rss.peak, cpu, bare)
+        return table(args.n, raws, routeds, twos, lat, args.rate, rss.peak, cpu, bare, raw_cpu)
     finally:
         for router in routers:
+            router.send(signal.SIGCONT)  # a router stopped for another's round, too
             await router.stop()
         await broker.stop()
         await redis.stop()
@@ -582,7 +668,8 @@ def main() -> None:
         "--bare-runs",
         type=int,
         default=3,
-        help="runs with the contact rules off (preset none), each beside a raw run (0: none)",
+        help="of the runs, how many also drain with the contact rules off (preset none), beside "
+        "the same raw round (0: none)",
     )
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=10.0)
