@@ -126,40 +126,58 @@ async def publish(s: CommonSettings, topic: str, n: int, make: Callable[[int], b
         await producer.stop()
 
 
-async def span_of(
-    s: CommonSettings, topic: str, n: int, timeout_s: float, run: int | None = None
-) -> float:
-    """Seconds between the first and the n-th record's timestamp on `topic`; with `run`, only
-    the records of that round count (their key is a customer id `cust-<run>-…`)."""
-    c = AIOKafkaConsumer(
-        topic,
-        **kafka_client_options(s),
-        group_id=None,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
-    )
-    prefix = None if run is None else customer(0, run).rsplit("-", 1)[0].encode() + b"-"
-    await c.start()
-    stamps: list[int] = []
-    deadline = time.monotonic() + timeout_s
-    next_note = time.monotonic() + 5
-    try:
+class Stamps:
+    """A reader of one topic's record timestamps. It keeps its position between rounds, so a
+    round's reader (which runs while the router drains, competing for the same cores) reads
+    only what was written since the last round, not the topic from its beginning again."""
+
+    def __init__(self, s: CommonSettings, topic: str) -> None:
+        self.topic = topic
+        self.consumer = AIOKafkaConsumer(
+            topic,
+            **kafka_client_options(s),
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+        )
+
+    async def __aenter__(self) -> Stamps:
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def span(self, n: int, timeout_s: float, run: int | None = None) -> float:
+        """Seconds between the first and the n-th record's timestamp read from here on; with
+        `run`, only the records of that round count (their key is a customer id
+        `cust-<run>-…`)."""
+        prefix = None if run is None else customer(0, run).rsplit("-", 1)[0].encode() + b"-"
+        stamps: list[int] = []
+        deadline = time.monotonic() + timeout_s
+        next_note = time.monotonic() + 5
         while len(stamps) < n:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(stamps)}/{n} records on {topic}")
-            for msgs in (await c.getmany(timeout_ms=500, max_records=5000)).values():
+                raise TimeoutError(f"only {len(stamps)}/{n} records on {self.topic}")
+            for msgs in (await self.consumer.getmany(timeout_ms=500, max_records=5000)).values():
                 stamps += [
                     m.timestamp
                     for m in msgs
                     if prefix is None or (m.key is not None and m.key.startswith(prefix))
                 ]
             if time.monotonic() > next_note:
-                say(f"{topic}: {len(stamps)}/{n}")
+                say(f"{self.topic}: {len(stamps)}/{n}")
                 next_note = time.monotonic() + 5
-    finally:
-        await c.stop()
-    stamps = sorted(stamps)
-    return max(1, stamps[n - 1] - stamps[0]) / 1000
+        stamps = sorted(stamps)
+        return max(1, stamps[n - 1] - stamps[0]) / 1000
+
+
+async def span_of(
+    s: CommonSettings, topic: str, n: int, timeout_s: float, run: int | None = None
+) -> float:
+    """`Stamps.span` of a topic read from its beginning."""
+    async with Stamps(s, topic) as reader:
+        return await reader.span(n, timeout_s, run)
 
 
 async def raw_loop(
@@ -241,6 +259,7 @@ async def router_rate(
     redis_pid: int | None = None,
     cpu: dict[str, list[float]] | None = None,
     broker_pid: int | None = None,
+    reader: Stamps | None = None,
 ) -> float:
     """The routers are paused (SIGSTOP) while the round's backlog is published, so the rate is
     the routers' own and not the publisher's. With `cpu`, the CPU µs per event the routers,
@@ -257,7 +276,12 @@ async def router_rate(
         for router in routers:
             router.send(signal.SIGCONT)
     say(f"{len(routers)} router process(es) draining the backlog …")
-    rate = n / await span_of(s, s.topics.dispatch(DISPATCH_CHANNEL), n, 600, run=run)
+    out = s.topics.dispatch(DISPATCH_CHANNEL)
+    if reader is None:
+        rate = n / await span_of(s, out, n, 600, run=run)
+    else:
+        assert reader.topic == out, f"a reader of {reader.topic}, not of {out}"
+        rate = n / await reader.span(n, 600, run=run)
     if cpu is not None:
         after = sum(cpu_s(p) for p in pids), cpu_s(redis_pid), cpu_s(broker_pid)
         for name, b, a in zip(("router", "Redis", "broker"), before, after, strict=True):
@@ -573,6 +597,7 @@ async def main_async(args: argparse.Namespace) -> str:
     broker.start()
     redis.start()
     routers: list[Service] = []
+    readers = contextlib.AsyncExitStack()  # the dispatch topics' readers, kept across rounds
     try:
         s = CommonSettings(kafka_bootstrap=broker.bootstrap, redis_url=redis.url)
         await broker.create_topics(s)
@@ -605,6 +630,13 @@ async def main_async(args: argparse.Namespace) -> str:
             await bare_router.start(ready_timeout=90)
             bare_router.send(signal.SIGSTOP)
             rss.watch("router (no rules)", bare_router.pid)
+        out = s.topics.dispatch(DISPATCH_CHANNEL)
+        reader = await readers.enter_async_context(Stamps(s, out))
+        bare_reader = (
+            await readers.enter_async_context(Stamps(s, bare_s.topics.dispatch(DISPATCH_CHANNEL)))
+            if bare_router is not None
+            else None
+        )
         raws: list[float] = []
         routeds: list[float] = []
         cpu: dict[str, list[float]] = {}
@@ -615,7 +647,7 @@ async def main_async(args: argparse.Namespace) -> str:
             raws.append(await raw_passthrough(s, args.n, k, broker.pid, raw_cpu))
             with rss:
                 routeds.append(
-                    await router_rate(s, routers[:1], args.n, k, redis.pid, cpu, broker.pid)
+                    await router_rate(s, routers[:1], args.n, k, redis.pid, cpu, broker.pid, reader)
                 )
             say(f"run {k + 1}: raw {raws[-1]:,.0f}/s, router {routeds[-1]:,.0f}/s")
             if bare_router is not None and k < args.bare_runs:
@@ -623,7 +655,14 @@ async def main_async(args: argparse.Namespace) -> str:
                 try:
                     with rss:
                         rate = await router_rate(
-                            bare_s, [bare_router], args.n, k, redis.pid, bare[2], broker.pid
+                            bare_s,
+                            [bare_router],
+                            args.n,
+                            k,
+                            redis.pid,
+                            bare[2],
+                            broker.pid,
+                            bare_reader,
                         )
                 finally:
                     bare_router.send(signal.SIGSTOP)
@@ -648,10 +687,11 @@ async def main_async(args: argparse.Namespace) -> str:
             await wait_for_members(s, RouterSettings(api_token="bench").consumer_group, 2, 120)
             for j in range(args.scale_runs):
                 with rss:
-                    twos.append(await router_rate(s, routers, args.n, args.runs + j))
+                    twos.append(await router_rate(s, routers, args.n, args.runs + j, reader=reader))
                 say(f"two routers: {twos[-1]:,.0f}/s")
         return table(args.n, raws, routeds, twos, lat, args.rate, rss.peak, cpu, bare, raw_cpu)
     finally:
+        await readers.aclose()
         for router in routers:
             router.send(signal.SIGCONT)  # a router stopped for another's round, too
             await router.stop()
