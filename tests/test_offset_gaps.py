@@ -185,3 +185,42 @@ async def test_a_guarded_consumer_reads_every_acknowledged_record_although_the_b
     raise AssertionError(
         f"the broker skipped no offset in {written} records: the guard was not exercised"
     )
+
+
+# --- the end of a partition, on either broker ----------------------------------------------
+
+
+async def test_high_watermarks_count_every_record_of_a_batched_produce(broker: str) -> None:
+    """tools.demo.high_watermarks (what `make demo` and `make chaos` wait on before they
+    publish requests) gives the offset after the last record. ListOffsets gives it on Kafka;
+    Tansu 0.6.0 answers one past the first offset of the last batch, which the test shows too,
+    so that the helper is seen to read past it."""
+    from tools.demo import high_watermarks
+
+    topic = f"hwm-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=50)
+    await producer.start()
+    try:
+        for _ in range(3):  # three single-record batches on partition 0
+            await producer.send_and_wait(topic, b"one", partition=0)
+        for _ in range(100):  # then one batch of 100 (linger)
+            await producer.send(topic, b"many", partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    reader = AIOKafkaConsumer(bootstrap_servers=broker, group_id=None)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        listed = await reader.end_offsets(tps)
+        marks = await high_watermarks(reader, tps)
+    finally:
+        await reader.stop()
+    assert marks == {tps[0]: 103, tps[1]: 0}
+    assert listed[tps[1]] == 0 and listed[tps[0]] in (4, 103)  # Tansu 0.6.0: 4; Kafka: 103

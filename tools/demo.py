@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from shared.clock import Clock
@@ -165,7 +166,6 @@ class DemoResult:
 async def wait_consumed(bootstrap: str, group: str, topic: str, deadline_s: float) -> None:
     """Wait until consumer group `group` has committed every partition of `topic` up to
     its end offset as it is now."""
-    from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
 
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
@@ -174,7 +174,7 @@ async def wait_consumed(bootstrap: str, group: str, topic: str, deadline_s: floa
     await admin.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        ends = {tp: off for tp, off in (await reader.end_offsets(tps)).items() if off > 0}
+        ends = {tp: off for tp, off in (await high_watermarks(reader, tps)).items() if off > 0}
         deadline = time.monotonic() + deadline_s
         while True:
             committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
@@ -191,6 +191,28 @@ async def wait_consumed(bootstrap: str, group: str, topic: str, deadline_s: floa
     finally:
         await admin.close()
         await reader.stop()
+
+
+async def high_watermarks(
+    reader: AIOKafkaConsumer, tps: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Each partition's high-water mark (the offset after its last record), from a fetch.
+    ListOffsets (`end_offsets`) gives it on Kafka, but Tansu 0.6.0 answers one past the
+    first offset of the partition's last batch; a fetch from there returns that batch and
+    the true mark in its response, on either broker."""
+    lower = await reader.end_offsets(list(tps))
+    reader.assign(list(tps))
+    for tp, end in lower.items():
+        reader.seek(tp, max(end - 1, 0))
+    marks: dict[TopicPartition, int] = {}
+    deadline = time.monotonic() + 10
+    while len(marks) < len(tps) and time.monotonic() < deadline:
+        await reader.getmany(timeout_ms=200)
+        for tp in tps:
+            mark = reader.highwater(tp)
+            if mark is not None:
+                marks[tp] = max(mark, lower[tp])
+    return {tp: marks.get(tp, lower[tp]) for tp in tps}
 
 
 def _headers(raw: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
