@@ -76,6 +76,7 @@ async def backends(run_dir: Path) -> AsyncIterator[tuple[Broker, RedisServer]]:
         yield broker, redis
     finally:
         await redis.stop()
+        redis.wipe()  # its AOF: hundreds of MB a bench
         await broker.stop()
 
 
@@ -697,6 +698,7 @@ async def main_async(args: argparse.Namespace) -> str:
             await router.stop()
         await broker.stop()
         await redis.stop()
+        redis.wipe()  # its AOF: hundreds of MB a bench
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -190,6 +191,7 @@ def main() -> None:
         smsc.terminate()
         smsc.wait(10)
         redis.stop_sync()
+        shutil.rmtree(workdir, ignore_errors=True)  # Redis' AOF and the logs
 
 
 if __name__ == "__main__":
