@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from services.router.machine import STEP_TIMEOUT
 from shared.channel.claims import ORPHAN_DETAIL
-from tools.chaos import KINDS, MIX, Result, Seen, check, run_campaign, summary
+from tools.chaos import KINDS, MIX, Fault, Result, Seen, check, run_campaign, summary
 from tools.devstack import SERVICES
 
 pytestmark = [pytest.mark.timeout(900)]
@@ -63,6 +64,7 @@ def test_the_checker_sees_each_broken_invariant() -> None:
     s = MIX[0]  # expects `delivered`
     ok = {"status": s.expected_status, "attempts": [{"channel": "sms", "outcome": "delivered"}]}
     orphan = {"channel": "voice", "outcome": "failed", "detail": ORPHAN_DETAIL}
+    timeout = {"channel": "voice", "outcome": "failed", "detail": f"no outcome {STEP_TIMEOUT}"}
     seen = Seen()
     seen.statuses = {
         "n-ok": [(1.0, ok)],
@@ -73,6 +75,10 @@ def test_the_checker_sees_each_broken_invariant() -> None:
         "n-orphan": [(1.0, {"status": "failed", "attempts": [orphan]})],
         # failed with that detail on a *delivered* attempt only: still unexpected
         "n-wrong-2": [(1.0, {"status": "failed", "attempts": [{**orphan, "outcome": "x"}]})],
+        # no voice outcome before the step timeout while the voice service was killed: apart
+        "n-timeout-killed": [(70.0, {"status": "failed", "attempts": [timeout]})],
+        # the same timeout with no fault of that channel in the notification's life: unexpected
+        "n-timeout-calm": [(170.0, {"status": "failed", "attempts": [timeout]})],
     }
     audited = {"r1": ("sms", "delivered")}
     seen.audit = {
@@ -81,14 +87,21 @@ def test_the_checker_sees_each_broken_invariant() -> None:
         "n-wrong": audited,
         "n-orphan": {"r2": ("voice", "failed")},
         "n-wrong-2": {"r3": ("voice", "x")},
+        "n-timeout-killed": {"r4": ("voice", "failed")},
+        "n-timeout-calm": {"r5": ("voice", "failed")},
     }
     ids = ["n-ok", "n-dup", "n-wrong", "n-unaudited", "n-lost", "n-orphan", "n-wrong-2"]
+    ids += ["n-timeout-killed", "n-timeout-calm"]
+    published = {nid: (0.0, s) for nid in ids}
+    published["n-timeout-calm"] = (100.0, s)  # born after the voice kill below
+    voice_kill = Fault("sigkill", "voice", 10.0, started=10.0, injected=10.1, ready=22.0)
+    sms_kill = Fault("sigkill", "sms", 120.0, started=120.0, injected=120.1, ready=132.0)
     result = Result(
         run_id="x",
-        published={nid: (0.0, s) for nid in ids},
+        published=published,
         publish_failures=0,
         seen=seen,
-        faults=[],
+        faults=[voice_kill, sms_kill],
         ledger={"sms:n-ok:0:1": 1, "sms:n-dup:0:1": 2},
         log_sizes={},
         seconds=1.0,
@@ -96,8 +109,8 @@ def test_the_checker_sees_each_broken_invariant() -> None:
     check(result)
     assert result.lost == ["n-lost"]
     assert result.duplicated == ["n-dup"]
-    assert result.unexpected == ["n-wrong", "n-wrong-2"]
-    assert result.changed_by_fault == ["n-orphan"]
+    assert result.unexpected == ["n-timeout-calm", "n-wrong", "n-wrong-2"]
+    assert result.changed_by_fault == ["n-orphan", "n-timeout-killed"]
     assert result.unaudited == ["n-unaudited"]
     assert result.sent_twice == ["sms:n-dup:0:1"]
     assert not result.ok

@@ -23,9 +23,12 @@ load it waits until every notification has a final status (or `--deadline-s`), t
   channel:notification:leg:attempt, never above 1);
 * every attempt of every final status present in `comms.audit` (an outcome record of that
   notification, channel and outcome);
-* the final status is the scenario's expected one, or `failed` where a kill left an attempt's
-  outcome unknown (the channel had claimed it and not recorded the provider's answer: reported
-  `failed` rather than sent again, docs/reliability.md fault 10), counted apart.
+* the final status is the scenario's expected one, or `failed` where a fault left an
+  attempt's outcome unknown, counted apart: the channel had claimed it and not recorded the
+  provider's answer (reported `failed` rather than sent again, docs/reliability.md fault 10),
+  or no outcome reached the router before the step's timeout while that channel's service was
+  killed or stopped or the broker paused (the plan then moves on rather than trying the
+  channel again).
 
 It prints the table (fault, count, lost, duplicated, time to recover, log volume) and exits
 0 only when every invariant holds. Phone numbers and emails are never printed.
@@ -50,6 +53,7 @@ from typing import Any
 
 import orjson
 
+from services.router.machine import STEP_TIMEOUT
 from shared.channel.claims import ORPHAN_DETAIL
 from shared.config import Topics
 from shared.kafka import GapGuard
@@ -505,13 +509,15 @@ def check(r: Result) -> None:
             continue
         if len(got) > 1:
             r.duplicated.append(nid)
-        status = got[0][1]
+        received, status = got[0]
         if status.get("status") != s.expected_status:
             orphaned = any(
                 a.get("outcome") == "failed" and a.get("detail") == ORPHAN_DETAIL
                 for a in status.get("attempts") or []
             )
-            if status.get("status") == "failed" and orphaned:
+            if status.get("status") == "failed" and (
+                orphaned or _timed_out_while_faulted(r, nid, status, received)
+            ):
                 r.changed_by_fault.append(nid)
             else:
                 r.unexpected.append(nid)
@@ -522,6 +528,28 @@ def check(r: Result) -> None:
         if any(have[k] < c for k, c in want.items()):
             r.unaudited.append(nid)
     r.sent_twice = sorted(k for k, v in r.ledger.items() if v > 1)
+
+
+def _timed_out_while_faulted(r: Result, nid: str, status: dict[str, Any], received: float) -> bool:
+    """The last attempt ended by the router's step timeout (no outcome reached it in time, so
+    whether the provider got it is unknown) while that channel's service was killed or
+    stopped, or the broker paused, during the notification's life."""
+    attempts = status.get("attempts") or []
+    if not attempts:
+        return False
+    last = attempts[-1]
+    if last.get("outcome") != "failed" or not str(last.get("detail", "")).endswith(STEP_TIMEOUT):
+        return False
+    born = r.published[nid][0]
+    return any(
+        f.started
+        and born <= f.started <= received
+        and (
+            (f.kind in ("sigkill", "sigterm") and f.target == last.get("channel"))
+            or f.kind == "broker pause"
+        )
+        for f in r.faults
+    )
 
 
 def _blame(r: Result, when: float) -> Fault | None:
@@ -609,8 +637,9 @@ def summary(r: Result) -> str:
     line("final status as the scenario expects", r.unexpected)
     if r.changed_by_fault:
         lines.append(
-            f"     ({len(r.changed_by_fault)} more ended `failed` because a kill left an "
-            "attempt's outcome unknown, as designed: e.g. "
+            f"     ({len(r.changed_by_fault)} more ended `failed` because a fault left an "
+            "attempt's outcome unknown (a claim without an answer, or no outcome before the "
+            "step timeout while the channel was down), as designed: e.g. "
             f"{', '.join(r.changed_by_fault[:3])})"
         )
     for nid in (r.duplicated + r.unexpected + r.unaudited)[:8]:

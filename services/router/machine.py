@@ -47,6 +47,10 @@ from shared.masking import mask_address
 RECORD_NS = uuid.UUID("5b0f3a52-8d7e-4c1e-9f57-3c6e0c1d2a90")
 TimerKind = str
 
+# how an attempt that no outcome reached within its step's timeout ends its detail (the
+# outcome is unknown: the plan moves on rather than trying the same channel again)
+STEP_TIMEOUT = "(step timeout)"
+
 
 def timer_member(
     kind: TimerKind, customer_id: str, notification_id: str, leg: int, att: int
@@ -241,7 +245,7 @@ class Machine:
             return None
         leg = state.legs[t.leg]
         if t.kind == "step_timeout" and state.phase == "dispatched":
-            detail = f"no outcome within {leg.timeout_s:g} s (step timeout)"
+            detail = f"no outcome within {leg.timeout_s:g} s {STEP_TIMEOUT}"
             self._record_attempt(state, fx, leg, "failed", now, None, detail, None)
             self._ledger_outcome(state, fx, leg, "failed", now, ledger)
             fx.fallbacks.append((leg.channel, _next_channel(state, t.leg), "timeout"))
@@ -732,9 +736,7 @@ class Machine:
                 legs.append(replace(base, address=phone))
                 if alt_phones:
                     legs += [
-                        replace(base, address=p, kind="alt_phone")
-                        for p in alt_phones
-                        if p != phone
+                        replace(base, address=p, kind="alt_phone") for p in alt_phones if p != phone
                     ]
             elif step.channel == "sms":
                 legs.append(replace(base, address=phone))
