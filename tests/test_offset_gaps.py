@@ -115,17 +115,23 @@ ROUND_RECORDS = 4_000  # per topic: Tansu lists a partition's records on every f
 ROUNDS = 10  # fresh topics until the guard has met a hole
 
 
+async def new_topic(broker: str, name: str, partitions: int) -> str:
+    """A topic of its own (`name-<random>`) with `partitions` partitions."""
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    return topic
+
+
 async def guarded_round(broker: str) -> tuple[GapGuard, list[int], list[int]]:
     """Eight producers write one new partition while a guarded consumer reads it live, until
     the guard meets a hole or ROUND_RECORDS are written; returns the guard, the offsets
     acknowledged and the offsets the consumer was handed."""
-    topic = f"gaps-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(broker, "gaps", 1)
     tp = TopicPartition(topic, 0)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=broker,
@@ -197,13 +203,7 @@ async def test_high_watermarks_count_every_record_of_a_batched_produce(broker: s
     so that the helper is seen to read past it."""
     from tools.demo import high_watermarks
 
-    topic = f"hwm-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(broker, "hwm", 2)
     producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=50)
     await producer.start()
     try:
