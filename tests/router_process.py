@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import orjson
 
 from shared.config import CommonSettings
 from shared.kafka import make_consumer, make_producer
+from tests.router_support import push_request
 from tests.signing_keys import SIGNING_ENV
 from tools.devstack import REPO_ROOT, free_port
 
@@ -91,21 +91,13 @@ async def a_request_comes_out_as_a_dispatch(
     """Publish a `repayment_due` for a push token (clients built from `s`) and read its push
     dispatch back."""
     nid, cid = f"{tag}-0001", f"c-{tag}"
-    request = {
-        "schema": "notification.requested/v1",
-        "id": nid,
-        "type": "repayment_due",
-        "customer_id": cid,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "data": {"amount_due": "1280.00", "currency": "CNY", "due_date": "2026-12-01"},
-        "contacts": {"push_tokens": [f"tok-{tag}"]},
-    }
     producer = make_producer(s, f"{tag}-e2e")
     reader = make_consumer(s, f"{tag}-e2e-reader", [s.topics.dispatch("push")], f"{tag}-e2e")
     await producer.start()
     await reader.start()
     try:
-        await producer.send_and_wait(s.topics.requested, orjson.dumps(request), key=cid.encode())
+        request = push_request(nid, cid, f"tok-{tag}")
+        await producer.send_and_wait(s.topics.requested, request, key=cid.encode())
         found: list[dict[str, Any]] = []
         async with asyncio.timeout(30):
             while not found:

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,21 @@ class Reader:
             if len(self.seen) != last:
                 last = len(self.seen)
                 deadline = time.monotonic() + quiet_s
+
+
+def push_request(nid: str, cid: str, token: str) -> bytes:
+    """A `repayment_due` for one push token, as upstream publishes it (JSON bytes)."""
+    return orjson.dumps(
+        {
+            "schema": "notification.requested/v1",
+            "id": nid,
+            "type": "repayment_due",
+            "customer_id": cid,
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "data": {"amount_due": "1280.00", "currency": "CNY", "due_date": "2026-12-01"},
+            "contacts": {"push_tokens": [token]},
+        }
+    )
 
 
 def value(m: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 
-import orjson
 import pytest
 from channel_support import collect, create_topics, dispatch, serving
 from confluent_kafka import Producer
@@ -20,7 +18,7 @@ from shared.config import ChannelSettings
 from shared.contract.codec import decode, dumps
 from shared.contract.models import AttemptOutcome
 from shared.signing import Signer
-from tests.router_support import Reader, engine_harness, value
+from tests.router_support import Reader, engine_harness, push_request, value
 
 pytest_plugins = ["channel_support"]
 
@@ -59,20 +57,6 @@ def produce_with_librdkafka(
     assert not errors, errors
 
 
-def request(nid: str, cid: str) -> bytes:
-    return orjson.dumps(
-        {
-            "schema": "notification.requested/v1",
-            "id": nid,
-            "type": "repayment_due",
-            "customer_id": cid,
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "data": {"amount_due": "1280.00", "currency": "CNY", "due_date": "2026-12-01"},
-            "contacts": {"push_tokens": ["tok-" + nid]},
-        }
-    )
-
-
 @pytest.mark.parametrize("codec", CODECS)
 async def test_router_routes_records_compressed_by_librdkafka(
     broker: str, redis_server: str, codec: str
@@ -86,7 +70,7 @@ async def test_router_routes_records_compressed_by_librdkafka(
                 broker,
                 t.requested,
                 codec,
-                [(b"c-" + i.encode(), request(i, "c-" + i)) for i in ids],
+                [(b"c-" + i.encode(), push_request(i, "c-" + i, "tok-" + i)) for i in ids],
             )
             dispatches = await r.take(t.dispatch("push"), len(ids))
             assert sorted(value(d)["notification_id"] for d in dispatches) == sorted(ids)
