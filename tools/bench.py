@@ -50,6 +50,7 @@ from shared.config import CommonSettings, RouterSettings, Topics
 from shared.gctune import tune_gc
 from shared.kafka import make_consumer, make_producer
 from shared.security import kafka_client_options
+from tools.demo import end_offsets, wait_committed
 from tools.devstack import REPO_ROOT, Broker, RedisServer, Service
 
 RAW_IN, RAW_OUT, LAT = "bench.raw.in", "bench.raw.out", "bench.latency"
@@ -278,6 +279,7 @@ def cpu_s(pid: int | None) -> float:
 
 async def router_rate(
     s: CommonSettings,
+    group: str,
     routers: list[Service],
     n: int,
     run: int,
@@ -287,14 +289,17 @@ async def router_rate(
     reader: Stamps | None = None,
 ) -> float:
     """The routers are paused (SIGSTOP) while the round's backlog is published, so the rate is
-    the routers' own and not the publisher's. With `cpu`, the CPU µs per event the routers,
-    Redis and the broker spent on the round are appended to `cpu["router"]`, `cpu["Redis"]`
-    and `cpu["broker"]` (the broker's includes serving this bench's reader of the dispatches,
-    which the raw round's does not)."""
+    the routers' own and not the publisher's. The bench waits for the routers' consumer
+    `group` to commit the whole backlog (asking the broker every 50 ms) and reads the
+    dispatches only then, as it reads the raw loop's output after the loop: nothing of the
+    bench's own competes with the routers for the cores meanwhile. With `cpu`, the CPU µs per
+    event the routers, Redis and the broker spent on the round are appended to
+    `cpu["router"]`, `cpu["Redis"]` and `cpu["broker"]`."""
     for router in routers:
         router.send(signal.SIGSTOP)
     try:
         await publish(s, s.topics.requested, n, lambda i: notification(i, run=run))
+        ends = await end_offsets(s.kafka_bootstrap, s.topics.requested)
     finally:
         pids = [r.pid for r in routers]
         before = sum(cpu_s(p) for p in pids), cpu_s(redis_pid), cpu_s(broker_pid)
@@ -302,17 +307,16 @@ async def router_rate(
         for router in routers:
             router.send(signal.SIGCONT)
     say(f"{len(routers)} router process(es) draining the backlog …")
-    out = s.topics.dispatch(DISPATCH_CHANNEL)
-    if reader is None:
-        rate = rate_since(n, start_s, await nth_of(s, out, n, 600, run=run))
-    else:
-        assert reader.topic == out, f"a reader of {reader.topic}, not of {out}"
-        rate = rate_since(n, start_s, await reader.nth(n, 600, run=run))
+    await wait_committed(s.kafka_bootstrap, group, ends, 600, poll_s=0.05)
     if cpu is not None:
         after = sum(cpu_s(p) for p in pids), cpu_s(redis_pid), cpu_s(broker_pid)
         for name, b, a in zip(("router", "Redis", "broker"), before, after, strict=True):
             cpu.setdefault(name, []).append((a - b) / n * 1e6)
-    return rate
+    out = s.topics.dispatch(DISPATCH_CHANNEL)
+    if reader is None:
+        return rate_since(n, start_s, await nth_of(s, out, n, 60, run=run))
+    assert reader.topic == out, f"a reader of {reader.topic}, not of {out}"
+    return rate_since(n, start_s, await reader.nth(n, 60, run=run))
 
 
 class RssSampler:
@@ -673,6 +677,7 @@ async def main_async(args: argparse.Namespace) -> str:
             bare_router.send(signal.SIGSTOP)
             rss.watch("router (no rules)", bare_router.pid)
         out = s.topics.dispatch(DISPATCH_CHANNEL)
+        group = RouterSettings(api_token="bench").consumer_group
         reader = await readers.enter_async_context(Stamps(s, out))
         bare_reader = (
             await readers.enter_async_context(Stamps(s, bare_s.topics.dispatch(DISPATCH_CHANNEL)))
@@ -689,7 +694,9 @@ async def main_async(args: argparse.Namespace) -> str:
             raws.append(await raw_passthrough(s, args.n, k, broker.pid, raw_cpu))
             with rss:
                 routeds.append(
-                    await router_rate(s, routers[:1], args.n, k, redis.pid, cpu, broker.pid, reader)
+                    await router_rate(
+                        s, group, routers[:1], args.n, k, redis.pid, cpu, broker.pid, reader
+                    )
                 )
             say(f"run {k + 1}: raw {raws[-1]:,.0f}/s, router {routeds[-1]:,.0f}/s")
             if bare_router is not None and k < args.bare_runs:
@@ -698,6 +705,7 @@ async def main_async(args: argparse.Namespace) -> str:
                     with rss:
                         rate = await router_rate(
                             bare_s,
+                            bare_s.consumer_group,
                             [bare_router],
                             args.n,
                             k,
@@ -727,12 +735,13 @@ async def main_async(args: argparse.Namespace) -> str:
             )
             await routers[1].start(ready_timeout=90)
             rss.watch("router 2", routers[1].pid)
-            await wait_for_members(s, RouterSettings(api_token="bench").consumer_group, 2, 120)
+            await wait_for_members(s, group, 2, 120)
             for j in range(args.scale_runs):
                 with rss:
                     twos.append(
                         await router_rate(
                             s,
+                            group,
                             routers,
                             args.n,
                             args.runs + j,

@@ -166,15 +166,34 @@ class DemoResult:
 async def wait_consumed(bootstrap: str, group: str, topic: str, deadline_s: float) -> None:
     """Wait until consumer group `group` has committed every partition of `topic` up to
     its end offset as it is now."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    await wait_committed(bootstrap, group, await end_offsets(bootstrap, topic), deadline_s)
 
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    """Each non-empty partition of `topic` and its high-water mark now (`high_watermarks`)."""
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await reader.start()
-    await admin.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        ends = {tp: off for tp, off in (await high_watermarks(reader, tps)).items() if off > 0}
+        return {tp: off for tp, off in (await high_watermarks(reader, tps)).items() if off > 0}
+    finally:
+        await reader.stop()
+
+
+async def wait_committed(
+    bootstrap: str,
+    group: str,
+    ends: dict[TopicPartition, int],
+    deadline_s: float,
+    poll_s: float = 0.1,
+) -> None:
+    """Wait until consumer group `group` has committed each partition up to its offset in
+    `ends` (asked every `poll_s`)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
         deadline = time.monotonic() + deadline_s
         while True:
             committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
@@ -184,13 +203,13 @@ async def wait_consumed(bootstrap: str, group: str, topic: str, deadline_s: floa
             if not behind:
                 return
             if time.monotonic() > deadline:
+                topics = ", ".join(sorted({tp.topic for tp in behind}))
                 raise TimeoutError(
-                    f"router group {group} has not consumed {topic} within {deadline_s:.0f} s"
+                    f"group {group} has not consumed {topics} within {deadline_s:.0f} s"
                 )
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(poll_s)
     finally:
         await admin.close()
-        await reader.stop()
 
 
 async def high_watermarks(
