@@ -224,3 +224,44 @@ async def test_high_watermarks_count_every_record_of_a_batched_produce(broker: s
         await reader.stop()
     assert marks == {tps[0]: 103, tps[1]: 0}
     assert listed[tps[1]] == 0 and listed[tps[0]] in (4, 103)  # Tansu 0.6.0: 4; Kafka: 103
+
+
+async def test_wait_committed_returns_only_once_the_group_has_committed_every_end(
+    broker: str,
+) -> None:
+    """tools.demo.end_offsets and wait_committed (what `make bench` waits on before it reads
+    a round's dispatches, and `make demo` before it publishes requests): an empty partition
+    is not waited on; a group behind on one partition keeps the wait going until it
+    commits there too."""
+    from tools.demo import end_offsets, wait_committed
+
+    topic = await new_topic(broker, "committed", 3)
+    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    await producer.start()
+    try:
+        for p, count in ((0, 5), (1, 2)):  # partition 2 stays empty
+            for _ in range(count):
+                await producer.send(topic, b"x", partition=p)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    ends = await end_offsets(broker, topic)
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    assert ends == {p0: 5, p1: 2}
+
+    group = f"committed-{uuid.uuid4().hex[:8]}"
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign([p0, p1])
+        await consumer.commit({p0: 5, p1: 1})  # one record of partition 1 not yet
+        try:
+            await wait_committed(broker, group, ends, 0.3, poll_s=0.05)
+        except TimeoutError as exc:
+            assert topic in str(exc) and group in str(exc)
+        else:
+            raise AssertionError("a group behind its end on one partition must be waited on")
+        await consumer.commit({p1: 2})
+        await wait_committed(broker, group, ends, 10, poll_s=0.05)
+    finally:
+        await consumer.stop()
