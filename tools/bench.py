@@ -134,8 +134,8 @@ async def publish(s: CommonSettings, topic: str, n: int, make: Callable[[int], b
 
 class Stamps:
     """A reader of one topic's record timestamps. It keeps its position between rounds, so a
-    round's reader (which runs while the router drains, competing for the same cores) reads
-    only what was written since the last round, not the topic from its beginning again."""
+    round reads only what was written since the last round, not the topic from its
+    beginning again."""
 
     def __init__(self, s: CommonSettings, topic: str) -> None:
         self.topic = topic
