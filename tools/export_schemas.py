@@ -55,8 +55,11 @@ MEANINGS: dict[str, dict[str, str]] = {
         "kafka_bootstrap": "Kafka bootstrap servers, `host:port[,host:port…]`.",
         "kafka_client_id": "Prefix of the Kafka client ids (`<id>-router`, `<id>-sms`, …).",
         "kafka_request_timeout_ms": "Kafka request timeout (producer, consumer, admin).",
-        "kafka_fetch_max_wait_ms": "How long the broker may hold a fetch waiting for data; "
-        "low, for latency.",
+        "kafka_fetch_max_wait_ms": "How long the broker may hold a fetch waiting for data. "
+        "The default suits the dev broker (Tansu holds an empty fetch for the whole wait); on "
+        "Apache Kafka, which answers as soon as a record arrives, use 500 (Kafka's default; "
+        "the production kustomize component does): an idle consumer then fetches twice a "
+        "second, not a hundred times (docs/operations.md, \"Fetch wait\").",
         "kafka_max_poll_records": "Most records one `getmany()` returns: the largest batch "
         "the router's loop and a channel's loop process at once.",
         "kafka_max_request_bytes": "Largest produce request and partition fetch; also "
