@@ -147,3 +147,18 @@ def test_a_dead_lettered_record_of_the_conversation_fails_it() -> None:
     talk, h = heard_for(c)
     h.deadletters[c.customer_id(RUN) or ""] = ["unknown_inquiry"]
     assert any("dead-lettered: unknown_inquiry" in p for p in problems(talk, h))
+
+
+def test_a_respond_by_on_another_day_shows_its_date() -> None:
+    """+24 h is the same time of day: the table names the day, or it reads as no time."""
+    results = []
+    for i, c in enumerate(CONVERSATIONS):
+        talk, h = heard_for(c, f"inq-{i}")
+        talk.view = {"intent": c.intent, "tier": c.tier, "feedback": {"score": c.score}}
+        results.append(_result(talk, h))
+    text = "\n".join(conversations_summary(results))
+    day_long = [c for c in CONVERSATIONS if c.respond_in == timedelta(hours=24)]
+    assert day_long, "a conversation escalated with a day to respond"
+    # AT is 10:10 in Shanghai on 11-25: a day later is 11-26 10:10, within the day 10:25
+    assert "respond_by 11-26 10:10 (+24 h)" in text
+    assert "respond_by 10:25 (+15 min)" in text

@@ -489,10 +489,14 @@ def _view_problems(talk: Talk) -> list[str]:
 # --- the table ------------------------------------------------------------------------------
 
 
-def _local(at: str | None) -> str:
+def _local(at: str | None, since: str | None = None) -> str:
+    """`at` as Shanghai time of day; with its date too when that is not `since`'s date."""
     if not at:
         return "?"
-    return datetime.fromisoformat(at).astimezone(SHANGHAI).strftime("%H:%M")
+    local = datetime.fromisoformat(at).astimezone(SHANGHAI)
+    if since and local.date() != datetime.fromisoformat(since).astimezone(SHANGHAI).date():
+        return local.strftime("%m-%d %H:%M")
+    return local.strftime("%H:%M")
 
 
 def _span(delta: timedelta) -> str:
@@ -533,7 +537,7 @@ def did(r: ConversationResult) -> str:
         took = datetime.fromisoformat(first["respond_by"]) - datetime.fromisoformat(rec["at"])
         parts.append(
             f"escalated L{top} at {_local(rec.get('at'))}, "
-            f"respond_by {_local(first.get('respond_by'))} ({_span(took)})"
+            f"respond_by {_local(first.get('respond_by'), rec.get('at'))} ({_span(took)})"
         )
     if "collection held" in str(rec.get("decision")):
         parts.append("collection held")
