@@ -69,14 +69,20 @@ class Keys:
     prefix: str
     groups: int = 64  # settings.redis_key_groups; 0: no hash tags (a single Redis only)
 
-    _prefix: bytes = field(init=False, repr=False, compare=False)
+    # each group's base (see `base`), made once: key names are built for every event
+    _bases: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _bases_bytes: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_prefix", self.prefix.encode())
         if "{" in self.prefix or "}" in self.prefix:
             raise ValueError("the key prefix must not contain { or } (Redis Cluster hash tags)")
         if self.groups < 0:
             raise ValueError("redis_key_groups must be 0 or more")
+        bases = tuple(
+            f"{self.prefix}{{g{g}}}" if self.groups else self.prefix for g in self.all_groups()
+        )
+        object.__setattr__(self, "_bases", bases)
+        object.__setattr__(self, "_bases_bytes", tuple(b.encode() for b in bases))
 
     # --- groups -------------------------------------------------------------------------
 
@@ -88,11 +94,12 @@ class Keys:
         return range(max(self.groups, 1))
 
     def base(self, group: int) -> str:
-        """What every key name of a group starts with: the prefix and the group's hash tag."""
-        return f"{self.prefix}{{g{group}}}" if self.groups else self.prefix
+        """What every key name of a group starts with: the prefix and the group's hash tag
+        (`{g<group>}`; none when `groups` is 0)."""
+        return self._bases[group]
 
     def of(self, customer_id: str) -> str:
-        return self.base(self.group(customer_id))
+        return self._bases[self.group(customer_id)]
 
     # --- a customer's keys (in its group's slot) ----------------------------------------
 
@@ -143,7 +150,7 @@ class Keys:
         """The keys apply.lua declares for one transition (its order): state, customer's
         notification set, timeline, ledger, the group's timers, the outbox given."""
         c = customer_id.encode()  # bytes all along: the hot path (same names as above)
-        base = self._prefix + (b"{g%d}" % (zlib.crc32(c) % self.groups) if self.groups else b"")
+        base = self._bases_bytes[zlib.crc32(c) % self.groups if self.groups else 0]
         return (
             base + b"n:" + notification_id.encode(),
             base + b"cn:" + c,
