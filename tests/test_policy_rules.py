@@ -8,15 +8,22 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from phonenumbers import timezone as phone_timezone
 
 from services.router.ledger import Entry, LedgerView
 from services.router.policy import Contact, ContactPolicy, load_policy
 from services.router.policy.business_hours import is_working_day
 from services.router.policy.config import load_policy_config
-from services.router.policy.localtime import resolve_country, resolve_timezone
+from services.router.policy.localtime import (
+    one_zone_codes,
+    resolve_country,
+    resolve_local,
+    resolve_timezone,
+)
 from shared.errors import ConfigError
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -254,6 +261,46 @@ def test_time_zone_falls_back_to_the_phone_region_then_the_default() -> None:
     assert resolve_country("+12125550123", "America/New_York", "CN") == "US"
     assert resolve_country(None, "America/New_York", "CN") == "US"
     assert resolve_country(None, "Asia/Shanghai", "US") == "CN"
+
+
+def test_a_calling_code_of_one_zone_resolves_as_phonenumbers_does_for_every_valid_number() -> None:
+    """The shortcut (zone and region from the calling code alone) agrees with phonenumbers'
+    full lookup (number type, then the prefix table) on the example number of every type of
+    every region it covers; and the codes left to the full lookup are the ones of several
+    regions or zones (+1, +7, +44 …)."""
+    codes = one_zone_codes()
+    assert codes[86] == ("Asia/Shanghai", "CN") and codes[852] == ("Asia/Hong_Kong", "HK")
+    assert not {1, 7, 44, 61, 62} & codes.keys()  # several regions or several zones
+    checked = 0
+    for cc, (zone, region) in codes.items():
+        for ntype in vars(phonenumbers.PhoneNumberType).values():
+            if not isinstance(ntype, int):
+                continue
+            example = phonenumbers.example_number_for_type(region, ntype)
+            if example is None or example.country_code != cc:
+                continue
+            names = [z for z in phone_timezone.time_zones_for_number(example) if z != "Etc/Unknown"]
+            if not names:
+                continue  # phonenumbers knows no zone for it: the code's zone is used
+            e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            assert names[0] == zone, e164
+            assert resolve_local(None, e164, "UTC", "ZZ") == (names[0], region), e164
+            checked += 1
+    assert checked > 500
+    # several zones under one code: still by the number's prefix
+    assert resolve_timezone(None, "+12135550123", "Asia/Shanghai") == "America/Los_Angeles"
+    assert resolve_local(None, "+73952200000", "UTC", "ZZ") == ("Asia/Irkutsk", "RU")
+
+
+def test_a_number_phonenumbers_cannot_type_takes_its_calling_codes_zone() -> None:
+    """+86 with 13 national digits is no valid Chinese number (phonenumbers: type unknown, so
+    no zone); its country is CN all the same, and so is its zone now, not the default."""
+    assert not phonenumbers.is_valid_number(phonenumbers.parse("+8613800000009999"))
+    assert resolve_local(None, "+8613800000009999", "UTC", "US") == ("Asia/Shanghai", "CN")
+    assert resolve_local("Europe/Paris", "+8613800000009999", "UTC", "US") == (
+        "Europe/Paris",
+        "CN",
+    )
 
 
 def test_policy_default_is_permissive_where_config_is_silent() -> None:
