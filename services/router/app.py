@@ -33,6 +33,7 @@ from services.router.inquiries import InquiryDesk
 from services.router.intents import Classifier
 from services.router.plans import PlanBook
 from services.router.policy import ContactPolicy
+from services.router.policy.localtime import one_zone_codes
 from services.router.scheduler import Scheduler
 from shared.config import RouterSettings
 from shared.errors import InvalidEvent
@@ -133,6 +134,7 @@ class RouterService(mode.Service):
         await web.TCPSite(self.runner, s.http_host, s.http_port).start()
         self.batch_group.joining()
         await self.consumer.start()
+        one_zone_codes()  # the calling codes' time zones: built here, not in the first batch
         freeze_now()  # what start-up allocated stays out of the collector's way
         self.loop_task = asyncio.create_task(self._run_loop(), name="router-batch-loop")
         self.scheduler_task = asyncio.create_task(self._run_scheduler(), name="router-scheduler")
